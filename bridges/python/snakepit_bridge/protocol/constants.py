@@ -1,0 +1,63 @@
+"""Names shared by both ends of the wire. Import-light: the bridge reads these at start-up."""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+# Message "type" values.
+PROTOCOL_NEGOTIATION: Final = "protocol_negotiation"
+PROTOCOL_SELECTED: Final = "protocol_selected"
+CHUNK: Final = "chunk"
+CANCEL: Final = "cancel"
+CREDIT: Final = "credit"
+SHUTDOWN: Final = "shutdown"
+HEARTBEAT: Final = "heartbeat"
+
+# Features a bridge may list in ``protocol_selected`` (our extension; v0.3 bridges list none).
+FEATURE_STREAM: Final = "stream"  # chunk frames for generator commands
+FEATURE_CANCEL: Final = "cancel"  # honours cancel frames and confirms them
+FEATURE_CREDIT: Final = "credit"  # stream backpressure through credit frames
+FEATURE_MULTIPLEX: Final = "multiplex"  # several requests in flight (see max_concurrency)
+FEATURE_SHUTDOWN: Final = "shutdown"  # graceful shutdown frame
+FEATURE_HEARTBEAT: Final = "heartbeat"  # sends heartbeat frames
+FEATURE_LIFELINE: Final = "lifeline"  # kills its process group when the pool disappears
+ALL_FEATURES: Final = frozenset(
+    {
+        FEATURE_STREAM,
+        FEATURE_CANCEL,
+        FEATURE_CREDIT,
+        FEATURE_MULTIPLEX,
+        FEATURE_SHUTDOWN,
+        FEATURE_HEARTBEAT,
+        FEATURE_LIFELINE,
+    }
+)
+
+# error_type of the terminal response that confirms a cancel frame.
+CANCELLED_ERROR_TYPE: Final = "Cancelled"
+# error_type a bridge uses for a command it does not know.
+UNSUPPORTED_ERROR_TYPE: Final = "UnsupportedCommand"
+
+# Environment variables a pool sets for the workers it starts.
+ENV_LIFELINE_FD: Final = "SNAKEPIT_LIFELINE_FD"
+ENV_LIFELINE_GRACE: Final = "SNAKEPIT_LIFELINE_GRACE"
+ENV_RUN_ID: Final = "SNAKEPIT_RUN_ID"
+ENV_WORKER_ID: Final = "SNAKEPIT_WORKER_ID"
+
+_last_second = -1
+_last_prefix = ""
+
+
+def utc_timestamp() -> str:
+    """ISO-8601 UTC timestamp with milliseconds, e.g. ``2026-11-23T18:15:11.123Z``.
+
+    Cheap on the hot path: the date-and-seconds part is formatted once per second.
+    """
+    global _last_second, _last_prefix
+    now = time.time()
+    second = int(now)
+    if second != _last_second:
+        _last_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last_second = second
+    return f"{_last_prefix}.{int((now - second) * 1000):03d}Z"

@@ -1,0 +1,113 @@
+"""Length-prefixed framing: a 4-byte big-endian unsigned length, then the payload.
+
+Pure and synchronous: feed bytes in, take whole payloads out. The size limit is checked
+from the header, before any of the body is buffered, so a hostile length costs nothing.
+"""
+
+from __future__ import annotations
+
+import struct
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
+    "HEADER_SIZE",
+    "FrameDecoder",
+    "ProtocolError",
+    "encode_frame",
+]
+
+HEADER = struct.Struct(">I")
+HEADER_SIZE = HEADER.size
+DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
+_pack_header = HEADER.pack
+_unpack_header = HEADER.unpack_from
+
+
+class ProtocolError(Exception):
+    """The peer broke the wire protocol (bad frame, bad payload, bad message)."""
+
+
+def encode_frame(payload: bytes, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+    """Return ``payload`` with its length header in front."""
+    size = len(payload)
+    if size > max_frame_size:
+        raise ProtocolError(f"frame of {size} bytes exceeds the limit of {max_frame_size} bytes")
+    return _pack_header(size) + payload
+
+
+class FrameDecoder:
+    """Incremental decoder: ``feed()`` any chunking of the stream, get whole payloads back.
+
+    After a :class:`ProtocolError` the decoder stays broken: the stream has lost its framing
+    and nothing after the error can be trusted.
+    """
+
+    __slots__ = ("_buffer", "_error", "_max_frame_size", "_need")
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        if max_frame_size < 0 or max_frame_size > 0xFFFFFFFF:
+            raise ValueError("max_frame_size must be between 0 and 2**32 - 1")
+        self._max_frame_size = max_frame_size
+        self._buffer = bytearray()
+        # Length of the body being waited for, or -1 while waiting for a header.
+        self._need = -1
+        self._error: ProtocolError | None = None
+
+    @property
+    def max_frame_size(self) -> int:
+        return self._max_frame_size
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received that are not yet part of a returned payload."""
+        return len(self._buffer)
+
+    @property
+    def in_frame(self) -> bool:
+        """True when a frame has started (some of its bytes arrived) but is incomplete."""
+        return bool(self._buffer)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """Add bytes from the stream; return the payloads they completed, in order."""
+        if self._error is not None:
+            raise self._error
+        buffer = self._buffer
+        buffer += data
+        frames: list[bytes] = []
+        pos = 0
+        end = len(buffer)
+        need = self._need
+        while True:
+            if need < 0:
+                if end - pos < HEADER_SIZE:
+                    break
+                (need,) = _unpack_header(buffer, pos)
+                if need > self._max_frame_size:
+                    self._error = ProtocolError(
+                        f"frame header announces {need} bytes, over the limit of "
+                        f"{self._max_frame_size} bytes"
+                    )
+                    self._buffer = bytearray()
+                    raise self._error
+                pos += HEADER_SIZE
+            if end - pos < need:
+                break
+            frames.append(bytes(buffer[pos : pos + need]))
+            pos += need
+            need = -1
+        if pos:
+            del buffer[:pos]
+        self._need = need
+        return frames
+
+    def check_eof(self) -> None:
+        """Call at end of stream: raises :class:`ProtocolError` if it cut a frame short."""
+        if self._error is not None:
+            raise self._error
+        if self._buffer:
+            have = len(self._buffer)
+            if self._need >= 0:
+                detail = f"{have - HEADER_SIZE} of {self._need} body bytes"
+            else:
+                detail = f"{have} of {HEADER_SIZE} header bytes"
+            raise ProtocolError(f"stream ended inside a frame ({detail})")

@@ -1,0 +1,469 @@
+"""Message classes and the pool-side connection state machine (sans-IO).
+
+The shapes follow Snakepit v0.3.0 exactly where v0.3 defines them (requests, responses,
+negotiation) and extend them through ``type``-tagged frames (chunk, cancel, credit, shutdown,
+heartbeat). Unknown fields are ignored; an unknown ``type`` is a :class:`ProtocolError`.
+
+This module uses attrs and is meant for the pool side and for tests. The worker-side bridge
+works on plain dicts (see ``snakepit_bridge.server``) so that it starts without importing attrs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, TypeAlias
+
+import attrs
+
+from .codecs import JSON, Codec
+from .constants import (
+    CANCEL,
+    CANCELLED_ERROR_TYPE,
+    CHUNK,
+    CREDIT,
+    HEARTBEAT,
+    PROTOCOL_NEGOTIATION,
+    PROTOCOL_SELECTED,
+    SHUTDOWN,
+    utc_timestamp,
+)
+from .framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, ProtocolError, encode_frame
+
+__all__ = [
+    "BridgeEvent",
+    "Cancel",
+    "ClientConnection",
+    "Credit",
+    "Heartbeat",
+    "PoolMessage",
+    "ProtocolNegotiation",
+    "ProtocolSelected",
+    "Request",
+    "Response",
+    "Shutdown",
+    "StreamChunk",
+    "parse_bridge_message",
+    "parse_negotiation_reply",
+    "parse_pool_message",
+]
+
+
+def _require(msg: Mapping[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
+    try:
+        value = msg[key]
+    except KeyError:
+        raise ProtocolError(f"{what} frame has no {key!r} field") from None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(f"{what} frame has a {key!r} of type {type(value).__name__}")
+    return value
+
+
+def _request_id(msg: Mapping[str, Any], what: str) -> int:
+    value = _require(msg, "id", int, what)
+    return int(value)
+
+
+# --------------------------------------------------------------------------- negotiation
+
+
+@attrs.define(frozen=True)
+class ProtocolNegotiation:
+    """The pool's first frame (always JSON) when the wire is negotiated."""
+
+    supported: tuple[str, ...] = ("msgpack", "json")
+    preferred: str = "msgpack"
+    # Our extensions: how long the bridge's lifeline waits before killing its process group,
+    # and the largest frame the pool accepts. v0.3 bridges ignore both.
+    grace: float | None = None
+    max_frame_size: int | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        msg: dict[str, Any] = {
+            "type": PROTOCOL_NEGOTIATION,
+            "supported": list(self.supported),
+            "preferred": self.preferred,
+        }
+        if self.grace is not None:
+            msg["grace"] = self.grace
+        if self.max_frame_size is not None:
+            msg["max_frame_size"] = self.max_frame_size
+        return msg
+
+
+@attrs.define(frozen=True)
+class ProtocolSelected:
+    """The bridge's answer to negotiation. ``features`` is empty for v0.3 bridges."""
+
+    protocol: str
+    features: frozenset[str] = frozenset()
+    max_concurrency: int = 1
+    info: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        msg: dict[str, Any] = {"type": PROTOCOL_SELECTED, "protocol": self.protocol}
+        if self.features:
+            msg["features"] = sorted(self.features)
+            msg["max_concurrency"] = self.max_concurrency
+        if self.info:
+            msg["info"] = dict(self.info)
+        return msg
+
+
+def parse_negotiation_reply(payload: bytes, supported: Iterable[str]) -> ProtocolSelected | None:
+    """Decode the bridge's (JSON) reply to negotiation.
+
+    Returns ``None`` when the reply is not a ``protocol_selected`` frame for a protocol we
+    offered: the v0.3 Node bridge answers with an error frame, and then the pool falls back to
+    JSON. Raises :class:`ProtocolError` only when the payload is not JSON at all.
+    """
+    msg = JSON.decode(payload)
+    if not isinstance(msg, dict) or msg.get("type") != PROTOCOL_SELECTED:
+        return None
+    protocol = msg.get("protocol")
+    if protocol not in set(supported):
+        return None
+    raw_features = msg.get("features")
+    features: frozenset[str] = frozenset()
+    if isinstance(raw_features, list):
+        features = frozenset(f for f in raw_features if isinstance(f, str))
+    max_concurrency = msg.get("max_concurrency", 1)
+    if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool):
+        max_concurrency = 1
+    info = msg.get("info")
+    return ProtocolSelected(
+        protocol=str(protocol),
+        features=features,
+        max_concurrency=max(1, max_concurrency),
+        info=info if isinstance(info, dict) else {},
+    )
+
+
+# --------------------------------------------------------------------------- pool -> bridge
+
+
+@attrs.define(frozen=True)
+class Request:
+    """Run ``command`` with ``args``. ``stream`` asks for chunk frames (our extension)."""
+
+    id: int
+    command: str
+    args: Mapping[str, Any] = attrs.field(factory=dict)
+    timestamp: str = attrs.field(factory=utc_timestamp)
+    stream: bool = False
+    credits: int | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        msg: dict[str, Any] = {
+            "id": self.id,
+            "command": self.command,
+            "args": self.args,
+            "timestamp": self.timestamp,
+        }
+        if self.stream:
+            msg["stream"] = True
+        if self.credits is not None:
+            msg["credits"] = self.credits
+        return msg
+
+
+@attrs.define(frozen=True)
+class Cancel:
+    """Stop request ``id``; the bridge confirms with a ``Cancelled`` error response."""
+
+    id: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": CANCEL, "id": self.id}
+
+
+@attrs.define(frozen=True)
+class Credit:
+    """Allow the bridge to send ``credits`` more chunks of stream ``id``."""
+
+    id: int
+    credits: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": CREDIT, "id": self.id, "credits": self.credits}
+
+
+@attrs.define(frozen=True)
+class Shutdown:
+    """Stop taking work, finish what is running, exit."""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": SHUTDOWN}
+
+
+PoolMessage: TypeAlias = "Request | Cancel | Credit | Shutdown | ProtocolNegotiation"
+
+
+def parse_pool_message(msg: Any) -> PoolMessage:
+    """Classify a decoded pool-to-bridge message (used by test bridges and tools)."""
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"message is a {type(msg).__name__}, not a map")
+    kind = msg.get("type")
+    if kind is None:
+        args = msg.get("args", {})
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise ProtocolError("request 'args' is not a map")
+        credits = msg.get("credits")
+        return Request(
+            id=_request_id(msg, "request"),
+            command=_require(msg, "command", str, "request"),
+            args=args,
+            timestamp=str(msg.get("timestamp", "")),
+            stream=bool(msg.get("stream", False)),
+            credits=credits if isinstance(credits, int) and not isinstance(credits, bool) else None,
+        )
+    if kind == CANCEL:
+        return Cancel(id=_request_id(msg, "cancel"))
+    if kind == CREDIT:
+        return Credit(id=_request_id(msg, "credit"), credits=_require(msg, "credits", int, "credit"))
+    if kind == SHUTDOWN:
+        return Shutdown()
+    if kind == PROTOCOL_NEGOTIATION:
+        supported = msg.get("supported", [])
+        if not isinstance(supported, list):
+            raise ProtocolError("negotiation 'supported' is not a list")
+        return ProtocolNegotiation(
+            supported=tuple(str(s) for s in supported),
+            preferred=str(msg.get("preferred", "json")),
+        )
+    raise ProtocolError(f"unknown message type {kind!r}")
+
+
+# --------------------------------------------------------------------------- bridge -> pool
+
+
+@attrs.define(frozen=True)
+class Response:
+    """The one terminal outcome of a request (also ends a stream; ``result`` is its final value).
+
+    ``id`` is None when the bridge could not parse the request it answers.
+    """
+
+    id: int | None
+    success: bool
+    result: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    traceback: str | None = None
+    timestamp: str | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return not self.success and self.error_type == CANCELLED_ERROR_TYPE
+
+    def to_wire(self) -> dict[str, Any]:
+        msg: dict[str, Any] = {"id": self.id, "success": self.success}
+        if self.success:
+            msg["result"] = self.result
+        else:
+            msg["error"] = self.error if self.error is not None else ""
+            if self.error_type is not None:
+                msg["error_type"] = self.error_type
+            if self.traceback is not None:
+                msg["traceback"] = self.traceback
+        msg["timestamp"] = self.timestamp if self.timestamp is not None else utc_timestamp()
+        return msg
+
+
+@attrs.define(frozen=True)
+class StreamChunk:
+    """One value of a streaming command; ``seq`` counts from 0 per request."""
+
+    id: int
+    seq: int
+    data: Any
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": CHUNK, "id": self.id, "seq": self.seq, "data": self.data}
+
+
+@attrs.define(frozen=True)
+class Heartbeat:
+    """Sent by bridges that list the ``heartbeat`` feature."""
+
+    timestamp: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": HEARTBEAT, "timestamp": self.timestamp or utc_timestamp()}
+
+
+BridgeEvent: TypeAlias = "Response | StreamChunk | Heartbeat"
+
+
+def _optional_str(msg: Mapping[str, Any], key: str) -> str | None:
+    value = msg.get(key)
+    if value is None:
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def parse_bridge_message(msg: Any) -> BridgeEvent:
+    """Classify a decoded bridge-to-pool message."""
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"message is a {type(msg).__name__}, not a map")
+    kind = msg.get("type")
+    if kind is None or "success" in msg:
+        success = msg.get("success")
+        if not isinstance(success, bool):
+            raise ProtocolError("response frame has no boolean 'success' field")
+        raw_id = msg.get("id")
+        if raw_id is not None and (not isinstance(raw_id, int) or isinstance(raw_id, bool)):
+            raise ProtocolError(f"response frame has an 'id' of type {type(raw_id).__name__}")
+        if success:
+            return Response(raw_id, True, msg.get("result"), timestamp=_optional_str(msg, "timestamp"))
+        error = msg.get("error")
+        return Response(
+            raw_id,
+            False,
+            None,
+            error="" if error is None else (error if isinstance(error, str) else str(error)),
+            error_type=_optional_str(msg, "error_type"),
+            traceback=_optional_str(msg, "traceback"),
+            timestamp=_optional_str(msg, "timestamp"),
+        )
+    if kind == CHUNK:
+        seq = _require(msg, "seq", int, "chunk")
+        return StreamChunk(_request_id(msg, "chunk"), seq, msg.get("data"))
+    if kind == HEARTBEAT:
+        return Heartbeat(_optional_str(msg, "timestamp"))
+    raise ProtocolError(f"unknown message type {kind!r}")
+
+
+# --------------------------------------------------------------------------- connection
+
+
+@attrs.define
+class _InFlight:
+    stream: bool
+    cancelling: bool = False
+    next_seq: int = 0
+
+
+class ClientConnection:
+    """The pool's side of one worker connection, after negotiation.
+
+    Tracks every request in flight by id and enforces the protocol's promises: each request
+    gets exactly one terminal :class:`Response`; chunks belong to a streaming request in
+    flight and arrive in sequence; nothing arrives for an id that is not in flight.
+    A violation is a :class:`ProtocolError`, after which the connection is unusable.
+    """
+
+    def __init__(self, codec: Codec, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.codec: Final = codec
+        self.max_frame_size: Final = max_frame_size
+        self._decoder = FrameDecoder(max_frame_size)
+        self._in_flight: dict[int, _InFlight] = {}
+        self._broken: ProtocolError | None = None
+
+    # -- state
+    @property
+    def in_flight(self) -> frozenset[int]:
+        return frozenset(self._in_flight)
+
+    def is_in_flight(self, request_id: int) -> bool:
+        return request_id in self._in_flight
+
+    # -- outgoing
+    def encode(self, message: Request | Cancel | Credit | Shutdown) -> bytes:
+        """Encode without touching state (lets callers validate arguments early)."""
+        return encode_frame(self.codec.encode(message.to_wire()), self.max_frame_size)
+
+    def send_request(self, request: Request, frame: bytes | None = None) -> bytes:
+        """Register ``request`` as in flight and return its frame (or the pre-encoded one)."""
+        self._check_usable()
+        if request.id in self._in_flight:
+            raise ValueError(f"request id {request.id} is already in flight")
+        if frame is None:
+            frame = self.encode(request)
+        self._in_flight[request.id] = _InFlight(stream=request.stream)
+        return frame
+
+    def start_request(self, request_id: int, stream: bool) -> None:
+        """Register a request whose frame the caller encoded itself."""
+        self._check_usable()
+        if request_id in self._in_flight:
+            raise ValueError(f"request id {request_id} is already in flight")
+        self._in_flight[request_id] = _InFlight(stream=stream)
+
+    def send_cancel(self, request_id: int) -> bytes:
+        """Frame asking to cancel ``request_id``; empty when it already finished."""
+        state = self._in_flight.get(request_id)
+        if state is None or state.cancelling:
+            return b""
+        state.cancelling = True
+        return self.encode(Cancel(request_id))
+
+    def send_credit(self, request_id: int, credits: int) -> bytes:
+        if request_id not in self._in_flight:
+            return b""
+        return self.encode(Credit(request_id, credits))
+
+    def send_shutdown(self) -> bytes:
+        return self.encode(Shutdown())
+
+    # -- incoming
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[BridgeEvent]:
+        """Feed bytes read from the bridge; return the events they completed."""
+        self._check_usable()
+        try:
+            events: list[BridgeEvent] = []
+            for payload in self._decoder.feed(data):
+                event = parse_bridge_message(self.codec.decode(payload))
+                events.append(self._track(event))
+            return events
+        except ProtocolError as exc:
+            self._broken = exc
+            raise
+
+    def receive_eof(self) -> list[int]:
+        """The bridge closed its output. Returns the ids that will never be answered.
+
+        Raises :class:`ProtocolError` when the stream ended inside a frame.
+        """
+        lost = list(self._in_flight)
+        self._in_flight.clear()
+        try:
+            self._decoder.check_eof()
+        except ProtocolError as exc:
+            self._broken = exc
+            raise
+        return lost
+
+    def _check_usable(self) -> None:
+        if self._broken is not None:
+            raise self._broken
+
+    def _track(self, event: BridgeEvent) -> BridgeEvent:
+        if isinstance(event, Response):
+            request_id = event.id
+            if request_id is None:
+                # v0.3 answers an unparseable request with a null id: attributable only
+                # when exactly one request is in flight.
+                if len(self._in_flight) != 1:
+                    raise ProtocolError(
+                        f"response with a null id while {len(self._in_flight)} requests are in flight"
+                    )
+                (request_id,) = self._in_flight
+                event = attrs.evolve(event, id=request_id)
+            if self._in_flight.pop(request_id, None) is None:
+                raise ProtocolError(f"response for request id {request_id}, which is not in flight")
+            return event
+        if isinstance(event, StreamChunk):
+            state = self._in_flight.get(event.id)
+            if state is None:
+                raise ProtocolError(f"chunk for request id {event.id}, which is not in flight")
+            if not state.stream:
+                raise ProtocolError(f"chunk for request id {event.id}, which is not a stream")
+            if event.seq != state.next_seq:
+                raise ProtocolError(
+                    f"chunk {event.seq} of request {event.id} arrived, expected {state.next_seq}"
+                )
+            state.next_seq += 1
+            return event
+        return event
