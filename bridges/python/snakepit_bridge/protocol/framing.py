@@ -65,7 +65,8 @@ class FrameDecoder:
     @property
     def in_frame(self) -> bool:
         """True when a frame has started (some of its bytes arrived) but is incomplete."""
-        return bool(self._buffer)
+        # A parsed header leaves the buffer (only the body is kept), hence the _need check.
+        return self._need >= 0 or bool(self._buffer)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Add bytes from the stream; return the payloads they completed, in order."""
@@ -104,10 +105,10 @@ class FrameDecoder:
         """Call at end of stream: raises :class:`ProtocolError` if it cut a frame short."""
         if self._error is not None:
             raise self._error
-        if self._buffer:
+        if self.in_frame:
             have = len(self._buffer)
             if self._need >= 0:
-                detail = f"{have - HEADER_SIZE} of {self._need} body bytes"
+                detail = f"{have} of {self._need} body bytes"
             else:
                 detail = f"{have} of {HEADER_SIZE} header bytes"
             raise ProtocolError(f"stream ended inside a frame ({detail})")

@@ -1,0 +1,1 @@
+"""Property tests of the sans-IO wire protocol (snakepit_bridge.protocol)."""
