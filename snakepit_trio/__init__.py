@@ -1,0 +1,67 @@
+"""snakepit-trio: a pool of long-lived external worker processes for trio and anyio.
+
+    async with snakepit_trio.open_pool(snakepit_trio.PythonAdapter()) as pool:
+        result = await pool.execute("compute", {"operation": "add", "a": 1, "b": 2})
+"""
+
+from ._adapters import Adapter, NodeAdapter, PythonAdapter, node_bridge_path
+from ._config import PoolConfig
+from ._errors import (
+    CommandError,
+    PoolClosed,
+    PoolSaturated,
+    ProtocolError,
+    QueueTimeout,
+    SessionError,
+    SnakepitError,
+    StartupError,
+    UnsupportedCommand,
+    WorkerCrashed,
+    WorkerTimeout,
+)
+from ._pool import ChunkStream, Pool, open_pool
+from ._sessions import Session, SessionStore
+from ._telemetry import (
+    RequestCompleted,
+    RequestRejected,
+    Telemetry,
+    WorkerExited,
+    WorkerReady,
+    WorkerRecycled,
+    WorkerStarted,
+)
+from ._version import __version__
+from ._worker import WorkerInfo
+
+__all__ = [
+    "Adapter",
+    "ChunkStream",
+    "CommandError",
+    "NodeAdapter",
+    "Pool",
+    "PoolClosed",
+    "PoolConfig",
+    "PoolSaturated",
+    "ProtocolError",
+    "PythonAdapter",
+    "QueueTimeout",
+    "RequestCompleted",
+    "RequestRejected",
+    "Session",
+    "SessionError",
+    "SessionStore",
+    "SnakepitError",
+    "StartupError",
+    "Telemetry",
+    "UnsupportedCommand",
+    "WorkerCrashed",
+    "WorkerExited",
+    "WorkerInfo",
+    "WorkerReady",
+    "WorkerRecycled",
+    "WorkerStarted",
+    "WorkerTimeout",
+    "__version__",
+    "node_bridge_path",
+    "open_pool",
+]

@@ -1,0 +1,732 @@
+"""The pool: ``open_pool``, dispatch, queueing, session affinity, streams and stats.
+
+Dispatch keeps idle workers on a LIFO stack and waiting callers in a FIFO queue. A finished
+request hands its worker straight to the oldest waiter, so a queued call costs one wake-up.
+Everything here runs in the event loop's thread; nothing in it blocks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+
+from snakepit_bridge.protocol import codecs, constants
+from snakepit_bridge.protocol.framing import ProtocolError as WireProtocolError
+from snakepit_bridge.protocol.framing import encode_frame
+
+from . import _telemetry as tm
+from ._adapters import Adapter
+from ._config import PoolConfig
+from ._errors import (
+    CommandError,
+    PoolClosed,
+    PoolSaturated,
+    ProtocolError,
+    QueueTimeout,
+    SnakepitError,
+    StartupError,
+    UnsupportedCommand,
+    WorkerTimeout,
+)
+from ._sessions import SessionStore, validate_session_id
+from ._worker import Worker, WorkerInfo, _Call, startup_failure
+
+__all__ = ["ChunkStream", "Pool", "open_pool"]
+
+logger = logging.getLogger("snakepit_trio")
+logger.addHandler(logging.NullHandler())
+
+_UNKNOWN_COMMAND_PREFIXES: Final = ("unknown command", "unsupported command")
+
+
+class _Waiter:
+    __slots__ = ("done", "error", "event", "prefer", "worker")
+
+    def __init__(self, prefer: Worker | None) -> None:
+        self.prefer = prefer
+        self.event = anyio.Event()
+        self.worker: Worker | None = None
+        self.error: SnakepitError | None = None
+        self.done = False
+
+
+class _Stats:
+    __slots__ = (
+        "cancelled",
+        "errors",
+        "pool_saturated",
+        "queue_timeouts",
+        "requests",
+        "timeouts",
+    )
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors = 0
+        self.timeouts = 0
+        self.cancelled = 0
+        self.queue_timeouts = 0
+        self.pool_saturated = 0
+
+
+def _response_error(response: Any) -> SnakepitError:
+    message = response.error or "command failed"
+    error_type = response.error_type
+    if error_type == constants.UNSUPPORTED_ERROR_TYPE or (
+        error_type is None and message.lower().startswith(_UNKNOWN_COMMAND_PREFIXES)
+    ):
+        return UnsupportedCommand(message)
+    return CommandError(message, error_type, response.traceback)
+
+
+class ChunkStream:
+    """The chunks of one streaming call, as an async iterator.
+
+    Use it only inside its ``async with pool.stream(...)`` block. After the iteration ends,
+    ``result`` holds the stream's final value (the generator's return value).
+    """
+
+    def __init__(self, call: _Call, worker: Worker, credits: int | None) -> None:
+        self._call = call
+        self._worker = worker
+        self._credits = credits
+        self._ungranted = 0
+        self.result: Any = None
+        self.count = 0
+
+    def __aiter__(self) -> ChunkStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        call = self._call
+        chunks = call.chunks
+        assert chunks is not None
+        while True:
+            if chunks:
+                item = chunks.popleft()
+                self.count += 1
+                if self._credits is not None:
+                    self._ungranted += 1
+                    if self._ungranted * 2 >= self._credits:
+                        self._worker.grant_credit(call, self._ungranted)
+                        self._ungranted = 0
+                return item
+            if call.done:
+                if call.error is not None:
+                    raise call.error
+                response = call.response
+                assert response is not None
+                if not response.success:
+                    raise _response_error(response)
+                self.result = response.result
+                raise StopAsyncIteration
+            call.chunk_event = anyio.Event()
+            await call.chunk_event.wait()
+
+
+class Pool:
+    """A running pool; get one from ``open_pool``."""
+
+    def __init__(self, adapter: Adapter, size: int, config: PoolConfig) -> None:
+        self.adapter = adapter
+        self.size = size
+        self.config = config
+        self.run_id = f"{os.getpid()}-{int(time.time())}-{secrets.token_hex(4)}"
+        self.telemetry = tm.Telemetry()
+        self.sessions = SessionStore(
+            default_ttl=config.session_ttl,
+            max_sessions=config.max_sessions,
+            clock=anyio.current_time,
+        )
+        self._workers: list[Worker] = [Worker(self, i) for i in range(size)]
+        self._idle: list[Worker] = []
+        self._waiters: deque[_Waiter] = deque()
+        self._queued = 0
+        self._stats = _Stats()
+        self._ids = itertools.count(1)
+        self._closing = False
+        self._closed = anyio.Event()
+        self._codec: codecs.Codec = codecs.get_codec("json")
+        self._features: frozenset[str] = frozenset()
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    def __repr__(self) -> str:
+        return f"<Pool {self.adapter.name} size={self.size} run_id={self.run_id}>"
+
+    # ------------------------------------------------------------------ public API
+    async def execute(
+        self, command: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
+        """Run ``command`` on a free worker and return its result.
+
+        ``timeout`` bounds the whole call, queue wait included (default: the adapter's
+        ``command_timeout`` hook, else ``PoolConfig.command_timeout``). If the call is
+        cancelled after its request was sent, the command may have run in part.
+        """
+        return await self._execute(command, args, timeout, None)
+
+    async def execute_in_session(
+        self,
+        session_id: str,
+        command: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """Like ``execute``, on the worker that served ``session_id`` last when possible.
+
+        The session is created on first use; ``args["session_id"]`` is set for the bridge.
+        """
+        return await self._execute(command, args, timeout, validate_session_id(session_id))
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        command: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        session_id: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[ChunkStream]:
+        """Run a streaming command; iterate the chunks inside the block.
+
+        Leaving the block before the stream ends (break, exception, cancellation) closes it
+        gracefully: the bridge is sent a cancel, closes the generator (its ``finally`` runs)
+        and the worker returns to the pool. ``timeout`` bounds the whole block.
+        """
+        if session_id is not None:
+            validate_session_id(session_id)
+        if constants.FEATURE_STREAM not in self._features:
+            raise UnsupportedCommand(
+                f"{self.adapter.name} does not support streaming over this transport "
+                f"(its bridge does not announce the {constants.FEATURE_STREAM!r} feature)"
+            )
+        if timeout is None:
+            timeout = self.config.stream_timeout
+        deadline = anyio.current_time() + timeout if timeout is not None else float("inf")
+        worker, call, frame, session = await self._dispatch(
+            command, args, session_id, deadline, stream=True
+        )
+        credits = self.config.stream_credits if constants.FEATURE_CREDIT in worker.features else None
+        chunks = ChunkStream(call, worker, credits)
+        outcome: tm.Outcome = "error"
+        try:
+            await worker.write(frame)
+            with anyio.CancelScope(deadline=deadline) as scope:
+                yield chunks
+            if scope.cancelled_caught:
+                outcome = "timeout"
+                raise WorkerTimeout(f"stream {command!r} ran past its timeout of {timeout} s")
+            outcome = "ok" if call.done and call.error is None and call.response is not None and call.response.success else "cancelled"
+        except BaseException:
+            if not call.done and outcome != "timeout":
+                outcome = "cancelled"
+            raise
+        finally:
+            if not call.done:
+                worker.abandon(call, f"stream {command!r} closed early")
+            self._record(call, worker, outcome, session)
+
+    async def execute_stream(
+        self,
+        command: str,
+        args: Mapping[str, Any] | None,
+        callback: Callable[[Any], Awaitable[object] | object],
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """Run a streaming command, calling ``callback`` (sync or async) on each chunk.
+
+        Returns the stream's final value.
+        """
+        return await self._stream_to_callback(command, args, callback, None, timeout)
+
+    async def execute_in_session_stream(
+        self,
+        session_id: str,
+        command: str,
+        args: Mapping[str, Any] | None,
+        callback: Callable[[Any], Awaitable[object] | object],
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """``execute_stream`` with session affinity."""
+        return await self._stream_to_callback(command, args, callback, session_id, timeout)
+
+    def stats(self) -> dict[str, int]:
+        """Counters and gauges; see the README for each key."""
+        live = [w for w in self._workers if w.alive]
+        s = self._stats
+        return {
+            "workers": len(live),
+            "available": sum(1 for w in live if w.state == "idle"),
+            "busy": sum(1 for w in live if w.state == "busy"),
+            "cancelling": sum(1 for w in live if w.state == "cancelling"),
+            "starting": sum(1 for w in self._workers if w.state == "starting"),
+            "requests": s.requests,
+            "successes": s.requests - s.errors,
+            "errors": s.errors,
+            "timeouts": s.timeouts,
+            "cancelled": s.cancelled,
+            "queued": self._queued,
+            "queue_timeouts": s.queue_timeouts,
+            "pool_saturated": s.pool_saturated,
+            "restarts": sum(w.restarts for w in self._workers),
+            "sessions": len(self.sessions),
+        }
+
+    def workers(self) -> list[WorkerInfo]:
+        """A snapshot of every worker slot."""
+        return [w.info() for w in self._workers]
+
+    @property
+    def features(self) -> frozenset[str]:
+        """The protocol features the pool's bridges announced."""
+        return self._features
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    async def aclose(self) -> None:
+        """Close the pool now: queued calls get ``PoolClosed``, calls in flight may finish
+        within ``drain_timeout``, then every worker goes down the ladder. Idempotent."""
+        with anyio.CancelScope(shield=True):
+            await self._shutdown()
+
+    # ------------------------------------------------------------------ calls
+    def _next_id(self) -> int:
+        return next(self._ids)
+
+    def _encode_request(
+        self, codec: codecs.Codec, request_id: int, command: str, args: Any, stream: bool
+    ) -> bytes:
+        message: dict[str, Any] = {
+            "id": request_id,
+            "command": command,
+            "args": args,
+            "timestamp": constants.utc_timestamp(),
+        }
+        if stream:
+            message["stream"] = True
+            message["credits"] = self.config.stream_credits
+        try:
+            payload = codec.encode(message)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TypeError(
+                f"the arguments of {command!r} cannot be sent as {codec.name}: {exc}"
+            ) from exc
+        try:
+            return encode_frame(payload, self.config.max_frame_size)
+        except WireProtocolError as exc:
+            raise ProtocolError(f"request {command!r} is too large: {exc}") from None
+
+    async def _dispatch(
+        self,
+        command: str,
+        args: Mapping[str, Any] | None,
+        session_id: str | None,
+        deadline: float,
+        *,
+        stream: bool,
+    ) -> tuple[Worker, _Call, bytes, str | None]:
+        """Validate and encode at the call site, wait for a worker, register the call."""
+        if self._closing:
+            raise PoolClosed("the pool is closed")
+        if not isinstance(command, str) or not command:
+            raise TypeError(f"command must be a non-empty str, not {command!r}")
+        adapter = self.adapter
+        call_args: dict[str, Any] = {} if args is None else dict(args)
+        adapter.validate_command(command, call_args)
+        call_args = adapter.prepare_args(command, call_args)
+        prefer: Worker | None = None
+        if session_id is not None:
+            call_args["session_id"] = session_id
+            session = self.sessions.get_session(session_id) or self.sessions.create_session(
+                session_id
+            )
+            if session.last_worker_id is not None:
+                prefer = self._workers[session.last_worker_id]
+        request_id = next(self._ids)
+        codec = self._codec
+        frame = self._encode_request(codec, request_id, command, call_args, stream)
+        worker = self._take_now(prefer, command)
+        if worker is None:
+            worker = await self._wait_for_worker(prefer, command, deadline)
+        if session_id is not None:
+            session = self.sessions.get_session(session_id)
+            if session is not None:
+                session.last_worker_id = worker.id
+        conn = worker.conn
+        assert conn is not None
+        if conn.codec.name != codec.name:
+            frame = self._encode_request(conn.codec, request_id, command, call_args, stream)
+        call = worker.begin(request_id, command, frame, stream)
+        return worker, call, frame, session_id
+
+    async def _execute(
+        self,
+        command: str,
+        args: Mapping[str, Any] | None,
+        timeout: float | None,
+        session_id: str | None,
+    ) -> Any:
+        if timeout is None:
+            timeout = self.adapter.command_timeout(command, args or {})
+            if timeout is None:
+                timeout = self.config.command_timeout
+        deadline = anyio.current_time() + timeout
+        worker, call, frame, session = await self._dispatch(
+            command, args, session_id, deadline, stream=False
+        )
+        try:
+            await worker.write(frame)
+            with anyio.move_on_at(deadline):
+                await call.event.wait()
+        except BaseException:
+            if not call.done:
+                worker.abandon(call, f"request {command!r} was cancelled")
+                self._record(call, worker, "cancelled", session)
+                raise
+            # Cancelled just as the answer arrived: the answer wins; the cancel stays pending
+            # and is delivered at the next checkpoint of the caller.
+        if not call.done:
+            worker.abandon(call, f"request {command!r} timed out after {timeout} s")
+            self._record(call, worker, "timeout", session)
+            raise WorkerTimeout(f"{command!r} did not finish within {timeout} s")
+        if call.error is not None:
+            self._record(call, worker, "crashed", session)
+            raise call.error
+        response = call.response
+        assert response is not None
+        if response.success:
+            self._record(call, worker, "ok", session)
+            return self.adapter.process_response(command, response.result)
+        self._record(call, worker, "error", session)
+        raise _response_error(response)
+
+    def _record(self, call: _Call, worker: Worker, outcome: tm.Outcome, session: str | None) -> None:
+        s = self._stats
+        if outcome == "cancelled":
+            s.cancelled += 1
+        else:
+            s.requests += 1
+            if outcome != "ok":
+                s.errors += 1
+                if outcome == "timeout":
+                    s.timeouts += 1
+        if self.telemetry.active:
+            self.telemetry.emit(
+                tm.RequestCompleted(
+                    call.command, worker.id, time.monotonic() - call.started, outcome, session
+                )
+            )
+
+    async def _stream_to_callback(
+        self,
+        command: str,
+        args: Mapping[str, Any] | None,
+        callback: Callable[[Any], Awaitable[object] | object],
+        session_id: str | None,
+        timeout: float | None,
+    ) -> Any:
+        async with self.stream(command, args, session_id=session_id, timeout=timeout) as chunks:
+            async for chunk in chunks:
+                result = callback(chunk)
+                if inspect.isawaitable(result):
+                    await result
+        return chunks.result
+
+    # ------------------------------------------------------------------ dispatch
+    def _take(self, worker: Worker) -> None:
+        worker.free -= 1
+        if worker.free == 0:
+            idle = self._idle
+            if idle and idle[-1] is worker:
+                idle.pop()
+            else:
+                idle.remove(worker)
+
+    def _take_now(self, prefer: Worker | None, command: str) -> Worker | None:
+        if prefer is not None and prefer.alive and not prefer.draining:
+            if prefer.free > 0:
+                self._take(prefer)
+                return prefer
+            mode = self.config.affinity
+            if mode == "fail":
+                self._stats.pool_saturated += 1
+                self._reject(command, "saturated", 0.0)
+                raise PoolSaturated(f"the session's worker {prefer.id} is busy (affinity='fail')")
+            if mode == "strict":
+                return None
+        idle = self._idle
+        if idle:
+            worker = idle[-1]
+            self._take(worker)
+            return worker
+        return None
+
+    async def _wait_for_worker(self, prefer: Worker | None, command: str, deadline: float) -> Worker:
+        config = self.config
+        if all(w.broken for w in self._workers):
+            raise startup_failure(self._workers)
+        if self._queued >= config.max_queue:
+            self._stats.pool_saturated += 1
+            self._reject(command, "saturated", 0.0)
+            raise PoolSaturated(
+                f"all {self.size} workers are busy and {self._queued} requests are queued "
+                f"(max_queue={config.max_queue})"
+            )
+        strict = prefer if (config.affinity == "strict" and prefer is not None and prefer.alive) else None
+        waiter = _Waiter(strict)
+        self._waiters.append(waiter)
+        self._queued += 1
+        start = anyio.current_time()
+        queue_deadline = min(deadline, start + config.queue_timeout)
+        try:
+            with anyio.move_on_at(queue_deadline):
+                await waiter.event.wait()
+        finally:
+            if not waiter.done:
+                waiter.done = True
+                self._queued -= 1
+                self._compact_waiters()
+            elif waiter.worker is not None and not waiter.event.is_set():  # pragma: no cover
+                pass
+        worker = waiter.worker
+        if worker is not None:
+            return worker
+        if waiter.error is not None:
+            raise waiter.error
+        waited = anyio.current_time() - start
+        self._stats.queue_timeouts += 1
+        self._reject(command, "queue_timeout", waited)
+        raise QueueTimeout(
+            f"no worker became free within {waited:.3f} s "
+            f"({self._queued} still queued, {self.size} workers)"
+        )
+
+    def _compact_waiters(self) -> None:
+        waiters = self._waiters
+        if len(waiters) > 2 * self._queued + 64:
+            self._waiters = deque(w for w in waiters if not w.done)
+
+    def _reject(self, command: str, reason: Any, waited: float) -> None:
+        if self.telemetry.active:
+            self.telemetry.emit(tm.RequestRejected(command, reason, waited))
+
+    def _release(self, worker: Worker) -> None:
+        """A request on ``worker`` ended: give its slot to the oldest waiter, or park it."""
+        if not worker.alive:
+            return
+        config = self.config
+        if config.max_requests is not None and worker.requests >= config.max_requests:
+            worker.draining = True
+        elif config.max_memory is not None and worker.load == 0:
+            if worker.needs_recycling(time.monotonic()) is not None:
+                worker.draining = True
+        if worker.draining:
+            if worker.load == 0:
+                reason = worker.needs_recycling(time.monotonic()) or "recycling"
+                if self.telemetry.active and worker.pid is not None:
+                    self.telemetry.emit(tm.WorkerRecycled(worker.id, worker.pid, reason))
+                worker.stop(f"recycled: {reason}", graceful=True)
+            return
+        waiters = self._waiters
+        while waiters and waiters[0].done:
+            waiters.popleft()
+        if waiters:
+            for index, waiter in enumerate(waiters):
+                if waiter.done:
+                    continue
+                prefer = waiter.prefer
+                if prefer is None or prefer is worker or not prefer.alive:
+                    if index == 0:
+                        waiters.popleft()
+                    else:
+                        del waiters[index]
+                    waiter.done = True
+                    waiter.worker = worker
+                    self._queued -= 1
+                    waiter.event.set()
+                    return
+        worker.free += 1
+        if worker.free == 1:
+            self._idle.append(worker)
+        worker._update_state()
+
+    def _worker_ready(self, worker: Worker) -> None:
+        if not self._features:
+            self._features = worker.features
+            self._codec = codecs.get_codec(worker.protocol or "json")
+        worker.free = 0
+        for _ in range(worker.capacity):
+            self._release(worker)
+
+    def _worker_unavailable(self, worker: Worker) -> None:
+        if worker.free > 0:
+            worker.free = 0
+            if worker in self._idle:
+                self._idle.remove(worker)
+
+    def _worker_broken(self, worker: Worker) -> None:
+        if all(w.broken for w in self._workers):
+            error = startup_failure(self._workers)
+            for waiter in self._waiters:
+                if not waiter.done:
+                    waiter.done = True
+                    waiter.error = error
+                    self._queued -= 1
+                    waiter.event.set()
+            self._waiters.clear()
+
+    # ------------------------------------------------------------------ background
+    async def _health_loop(self) -> None:
+        interval = self.config.health_check_interval
+        if interval is None:
+            return
+        while True:
+            await anyio.sleep(interval)
+            now = time.monotonic()
+            for worker in self._workers:
+                if not worker.alive or worker.draining or worker.load or worker.free < worker.capacity:
+                    continue  # busy workers are not pinged: a long command is not a dead worker
+                reason = worker.needs_recycling(now)
+                if reason is not None:
+                    self._worker_unavailable(worker)
+                    if self.telemetry.active and worker.pid is not None:
+                        self.telemetry.emit(tm.WorkerRecycled(worker.id, worker.pid, reason))
+                    worker.stop(f"recycled: {reason}", graceful=True)
+                    continue
+                assert self._tg is not None
+                self._tg.start_soon(self._health_check, worker)
+
+    async def _health_check(self, worker: Worker) -> None:
+        if not worker.alive or worker.free < 1:
+            return
+        self._take(worker)
+        conn = worker.conn
+        assert conn is not None
+        request_id = next(self._ids)
+        frame = self._encode_request(conn.codec, request_id, "ping", {}, False)
+        call = worker.begin(request_id, "ping", frame, False)
+        await worker.write(frame)
+        with anyio.move_on_after(self.config.health_check_timeout):
+            await call.event.wait()
+        if not call.done:
+            worker.abandon(call, "health check timed out")
+            worker.stop(f"no answer to a health check within {self.config.health_check_timeout} s")
+        elif call.error is None and call.response is not None:
+            worker.requests -= 1  # health pings are not requests served
+            worker.total_requests -= 1
+
+    async def _session_cleanup_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.config.session_cleanup_interval)
+            self.sessions.cleanup_expired_sessions()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def _start(self, tg: anyio.abc.TaskGroup) -> None:
+        self._tg = tg
+        for worker in self._workers:
+            tg.start_soon(worker.run)
+        tg.start_soon(self._health_loop)
+        tg.start_soon(self._session_cleanup_loop)
+        with anyio.move_on_after(self.config.startup_timeout):
+            for worker in self._workers:
+                await worker.wait_first_attempt()
+        if not any(w.alive for w in self._workers):
+            raise startup_failure(self._workers)
+        logger.info(
+            "pool %s ready: %d of %d workers", self.run_id, sum(w.alive for w in self._workers), self.size
+        )
+
+    async def _shutdown(self) -> None:
+        """Reject queued calls, let calls in flight finish (bounded), ladder every worker."""
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        closed = PoolClosed("the pool closed before this request could run")
+        for waiter in self._waiters:
+            if not waiter.done:
+                waiter.done = True
+                waiter.error = closed
+                self._queued -= 1
+                waiter.event.set()
+        self._waiters.clear()
+        with anyio.move_on_after(self.config.drain_timeout):
+            while any(w.load for w in self._workers if w.alive):
+                await anyio.sleep(0.01)
+        for worker in self._workers:
+            worker.stop("the pool is closing", graceful=True)
+        bound = self.config.shutdown_grace + self.config.kill_grace + 5.0
+        with anyio.move_on_after(bound):
+            for worker in self._workers:
+                while worker.state != "stopped":
+                    await anyio.sleep(0.005)
+        self._closed.set()
+
+
+def _unwrap_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception inside nested single-exception groups, or the group itself."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+@asynccontextmanager
+async def open_pool(
+    adapter: Adapter | None = None,
+    *,
+    size: int | None = None,
+    config: PoolConfig | None = None,
+) -> AsyncIterator[Pool]:
+    """Start a pool of ``size`` workers (default ``2 * os.cpu_count()``) and yield it.
+
+    Returns once the workers that could start are ready (all of them, or those ready when
+    ``startup_timeout`` passed); raises ``StartupError`` if none could. Leaving the block
+    shuts every worker down through the ladder (graceful close, SIGTERM, SIGKILL), shielded
+    and bounded, whether it is left normally, by an exception or by cancellation.
+    """
+    if adapter is None:
+        from ._adapters import PythonAdapter
+
+        adapter = PythonAdapter()
+    if not isinstance(adapter, Adapter):
+        raise TypeError(f"adapter must be an Adapter, not {type(adapter).__name__}")
+    if size is None:
+        size = (os.cpu_count() or 1) * 2
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int, not {size!r}")
+    if config is None:
+        config = PoolConfig()
+    elif not isinstance(config, PoolConfig):
+        raise TypeError(f"config must be a PoolConfig, not {type(config).__name__}")
+    pool = Pool(adapter, size, config)
+    try:
+        async with anyio.create_task_group() as tg:
+            try:
+                await pool._start(tg)
+                yield pool
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await pool._shutdown()
+                tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        inner = _unwrap_group(group)
+        if inner is group:
+            raise
+        raise inner from None

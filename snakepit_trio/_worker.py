@@ -1,0 +1,717 @@
+"""One worker slot: a task that owns one process at a time and restarts it when it dies.
+
+The hot path has one task hop: a caller writes its request frame to the worker's stdin
+itself (non-blocking ``os.write``), then waits on its ``_Call``; the worker's reader task
+reads stdout, decodes with the sans-IO ``ClientConnection`` and wakes exactly that caller.
+
+What each await does when cancelled:
+- the caller's wait for its response: the call is abandoned (``Worker.abandon``): a cancel
+  frame if the bridge supports it, and a watchdog that replaces the worker if the bridge does
+  not confirm within ``cancel_grace``; without cancel support the worker is replaced at once.
+- a caller's slow-path write: if part of a frame went out, the stream is broken and the worker
+  is replaced.
+- the reader, the stderr drain, the watchdogs: they belong to the worker's task groups and
+  end with them; the ladder that stops the process always runs shielded and bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import anyio
+import anyio.abc
+import attrs
+
+from snakepit_bridge.protocol import codecs, constants
+from snakepit_bridge.protocol.framing import encode_frame
+from snakepit_bridge.protocol.framing import ProtocolError as WireProtocolError
+from snakepit_bridge.protocol.messages import (
+    ClientConnection,
+    Heartbeat,
+    ProtocolNegotiation,
+    Response,
+    StreamChunk,
+    parse_negotiation_reply,
+)
+
+from . import _telemetry as tm
+from ._errors import ProtocolError, SnakepitError, StartupError, WorkerCrashed
+from ._process import WorkerProcess, read_rss, spawn_worker
+
+if TYPE_CHECKING:
+    from ._pool import Pool
+
+__all__ = ["WorkerInfo", "WorkerState"]
+
+logger = logging.getLogger("snakepit_trio.worker")
+
+WorkerState = Literal["starting", "idle", "busy", "cancelling", "stopping", "stopped"]
+_READ_SIZE: Final = 1 << 18
+
+
+@attrs.frozen
+class WorkerInfo:
+    """A snapshot of one worker slot, as ``pool.workers()`` returns it."""
+
+    id: int
+    pid: int | None
+    state: WorkerState
+    requests: int
+    """Requests completed by the current process."""
+    total_requests: int
+    """Requests completed by this slot, across restarts."""
+    restarts: int
+    rss: int | None
+    protocol: str | None
+    features: frozenset[str]
+    in_flight: int
+    uptime: float | None
+
+
+class _Call:
+    """One request in flight: what the caller waits on and the reader fills in."""
+
+    __slots__ = (
+        "abandoned",
+        "chunk_event",
+        "chunks",
+        "command",
+        "consumed",
+        "done",
+        "error",
+        "event",
+        "id",
+        "response",
+        "started",
+        "stream",
+        "worker",
+    )
+
+    def __init__(self, request_id: int, command: str, worker: Worker, stream: bool) -> None:
+        self.id = request_id
+        self.command = command
+        self.worker = worker
+        self.stream = stream
+        self.event = anyio.Event()
+        self.done = False
+        self.abandoned = False
+        self.response: Response | None = None
+        self.error: SnakepitError | None = None
+        self.started = 0.0
+        self.chunks: deque[Any] | None = deque() if stream else None
+        self.chunk_event: anyio.Event | None = None
+        self.consumed = 0
+
+    def finish(self, response: Response | None, error: SnakepitError | None) -> None:
+        self.done = True
+        self.response = response
+        self.error = error
+        self.event.set()
+        if self.chunk_event is not None:
+            self.chunk_event.set()
+
+
+class _StopWorker(Exception):
+    pass
+
+
+class Worker:
+    """One slot of the pool; ``run()`` is its supervising task."""
+
+    def __init__(self, pool: Pool, slot_id: int) -> None:
+        self.pool = pool
+        self.id = slot_id
+        self.config = pool.config
+        self.adapter = pool.adapter
+        self.state: WorkerState = "starting"
+        self.proc: WorkerProcess | None = None
+        self.conn: ClientConnection | None = None
+        self.features: frozenset[str] = frozenset()
+        self.protocol: str | None = None
+        self.capacity = 1
+        self.free = 0  # slots the pool may hand out now (owned by the pool's dispatcher)
+        self.load = 0  # requests in flight
+        self.ready = False
+        self.draining = False  # recycling: take no new work, stop when idle
+        self.broken = False  # the crash breaker gave up on this slot
+        self.requests = 0
+        self.total_requests = 0
+        self.restarts = 0
+        self.last_error: str = ""
+        self._calls: dict[int, _Call] = {}
+        self._abandoned = 0
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._stop_reason: str | None = None
+        self._stop_graceful = False
+        self._stop_scope: anyio.CancelScope | None = None
+        self._protocol_error: WireProtocolError | None = None
+        self._eof = False
+        self._writing = False
+        self._write_lock = anyio.Lock()
+        self._stderr_tail = bytearray()
+        self._first_attempt_done = anyio.Event()
+        self.last_heartbeat = 0.0
+
+    # ------------------------------------------------------------------ info
+    @property
+    def alive(self) -> bool:
+        return self.ready and self._stop_reason is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def info(self) -> WorkerInfo:
+        proc = self.proc
+        live = proc is not None and self.state not in ("stopped",)
+        return WorkerInfo(
+            id=self.id,
+            pid=proc.pid if proc is not None else None,
+            state=self.state,
+            requests=self.requests,
+            total_requests=self.total_requests,
+            restarts=self.restarts,
+            rss=read_rss(proc.pid) if live and proc is not None else None,
+            protocol=self.protocol,
+            features=self.features,
+            in_flight=self.load,
+            uptime=time.monotonic() - proc.started_at if live and proc is not None else None,
+        )
+
+    def stderr_tail(self) -> str:
+        return self._stderr_tail.decode("utf-8", "replace")
+
+    def _update_state(self) -> None:
+        if not self.ready or self._stop_reason is not None:
+            return
+        if self._abandoned:
+            self.state = "cancelling"
+        elif self.load:
+            self.state = "busy"
+        else:
+            self.state = "idle"
+
+    # ------------------------------------------------------------------ caller side
+    def begin(self, request_id: int, command: str, frame: bytes, stream: bool) -> _Call:
+        """Register a call whose frame the caller is about to write (no await)."""
+        conn = self.conn
+        assert conn is not None
+        call = _Call(request_id, command, self, stream)
+        conn.start_request(request_id, stream)
+        self._calls[request_id] = call
+        self.load += 1
+        if self.load == 1 and not self._abandoned:
+            self.state = "busy"
+        call.started = time.monotonic()
+        return call
+
+    async def write(self, data: bytes) -> None:
+        """Write a whole frame to the worker's stdin.
+
+        The fast path is one non-blocking ``os.write``. A broken pipe is not an error here:
+        the worker died, and the reader will fail the calls in flight with the real cause.
+        """
+        proc = self.proc
+        if proc is None or proc.stdin_closed:
+            return
+        fd = proc.stdin_fd
+        view: memoryview | bytes = data
+        if not self._writing:
+            try:
+                written = os.write(fd, data)
+            except BlockingIOError:
+                written = 0
+            except OSError:
+                return
+            if written == len(data):
+                return
+            view = memoryview(data)[written:]
+            if written:
+                # Part of the frame is out: the rest must follow before anything else.
+                self._writing = True
+                try:
+                    await self._write_rest(fd, view)
+                finally:
+                    self._writing = False
+                return
+        async with self._write_lock:
+            self._writing = True
+            try:
+                await self._write_rest(fd, view)
+            finally:
+                self._writing = False
+
+    async def _write_rest(self, fd: int, view: memoryview | bytes) -> None:
+        total = len(view)
+        sent = 0
+        try:
+            while sent < total:
+                await anyio.wait_writable(fd)
+                try:
+                    sent += os.write(fd, view[sent:])
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    return
+        except BaseException:
+            if 0 < sent < total:
+                self.stop("a write was interrupted in the middle of a frame")
+            raise
+
+    def abandon(self, call: _Call, reason: str) -> None:
+        """The caller gave up on ``call`` (timeout or cancellation). Never blocks."""
+        if call.done or call.abandoned:
+            return
+        call.abandoned = True
+        self._abandoned += 1
+        if self.ready and self._stop_reason is None:
+            self.state = "cancelling"
+        if constants.FEATURE_CANCEL in self.features and self._tg is not None:
+            self._tg.start_soon(self._cancel_and_watch, call, reason)
+        else:
+            self.stop(f"{reason}; the bridge cannot cancel, so the worker is replaced")
+
+    async def _cancel_and_watch(self, call: _Call, reason: str) -> None:
+        conn = self.conn
+        if conn is None or call.done:
+            return
+        frame = conn.send_cancel(call.id)
+        grace = self.config.cancel_grace
+        with anyio.move_on_after(grace):
+            if frame:
+                await self.write(frame)
+            await call.event.wait()
+        if not call.done:
+            self.stop(f"{reason}; the bridge did not confirm the cancel within {grace} s")
+
+    def grant_credit(self, call: _Call, credits: int) -> None:
+        conn = self.conn
+        if conn is None or call.done or self._tg is None:
+            return
+        frame = conn.send_credit(call.id, credits)
+        if frame:
+            self._tg.start_soon(self.write, frame)
+
+    def stop(self, reason: str, *, graceful: bool = False) -> None:
+        """Ask the supervisor to take this process down (through the ladder) and restart it."""
+        if self._stop_reason is not None:
+            return
+        self._stop_reason = reason
+        self._stop_graceful = graceful
+        if self.ready:
+            logger.info("worker %d (pid %s): stopping: %s", self.id, self.pid, reason)
+        self.ready = False
+        self.state = "stopping"
+        self.pool._worker_unavailable(self)
+        if self._stop_scope is not None:
+            self._stop_scope.cancel()
+
+    # ------------------------------------------------------------------ reader
+    def _route(self, event: Response | StreamChunk | Heartbeat) -> None:
+        if type(event) is Response:
+            assert event.id is not None
+            call = self._calls.pop(event.id)
+            self.load -= 1
+            self.requests += 1
+            self.total_requests += 1
+            if call.abandoned:
+                self._abandoned -= 1
+            call.finish(event, None)
+            self.pool._release(self)
+            return
+        if type(event) is StreamChunk:
+            call = self._calls[event.id]
+            assert call.chunks is not None
+            call.chunks.append(event.data)
+            if call.chunk_event is not None:
+                call.chunk_event.set()
+            return
+        self.last_heartbeat = time.monotonic()
+
+    async def _read_loop(self, proc: WorkerProcess, conn: ClientConnection) -> None:
+        fd = proc.stdout_fd
+        read = os.read
+        route = self._route
+        try:
+            while True:
+                await anyio.wait_readable(fd)
+                try:
+                    data = read(fd, _READ_SIZE)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    self._eof = True
+                    conn.receive_eof()
+                    self.stop("the worker closed its stdout")
+                    return
+                for event in conn.receive_data(data):
+                    route(event)
+        except WireProtocolError as exc:
+            self._protocol_error = exc
+            self.stop(f"protocol error: {exc}")
+        except (KeyError, AssertionError) as exc:  # pragma: no cover - defensive
+            self._protocol_error = WireProtocolError(f"internal routing error: {exc!r}")
+            self.stop(str(self._protocol_error))
+
+    async def _drain_stderr(self, proc: WorkerProcess, done: anyio.Event) -> None:
+        """Always read stderr (a full pipe would block the worker); keep a bounded tail."""
+        fd = proc.stderr_fd
+        limit = self.config.stderr_tail_bytes
+        pending = b""
+        try:
+            while True:
+                await anyio.wait_readable(fd)
+                try:
+                    data = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    break
+                if not data:
+                    break
+                tail = self._stderr_tail
+                tail += data
+                if len(tail) > limit:
+                    del tail[: len(tail) - limit]
+                if logger.isEnabledFor(logging.INFO):
+                    lines = (pending + data).split(b"\n")
+                    pending = lines.pop()[-limit:]
+                    for line in lines:
+                        logger.info("worker %d (pid %d): %s", self.id, proc.pid, line.decode("utf-8", "replace"))
+            if pending and logger.isEnabledFor(logging.INFO):
+                logger.info("worker %d (pid %d): %s", self.id, proc.pid, pending.decode("utf-8", "replace"))
+        finally:
+            done.set()
+
+    # ------------------------------------------------------------------ start-up
+    async def _read_exact(self, proc: WorkerProcess, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            await anyio.wait_readable(proc.stdout_fd)
+            try:
+                data = os.read(proc.stdout_fd, n - len(buf))
+            except BlockingIOError:
+                continue
+            if not data:
+                raise _StopWorker("the worker exited during protocol negotiation")
+            buf += data
+        return bytes(buf)
+
+    async def _negotiate(self, proc: WorkerProcess) -> tuple[str, frozenset[str], int]:
+        adapter = self.adapter
+        if not adapter.negotiate:
+            return adapter.wire, frozenset(), 1
+        offered = adapter.offered_protocols()
+        hello = ProtocolNegotiation(
+            supported=tuple(offered),
+            preferred=offered[0],
+            grace=self.config.shutdown_grace,
+            max_frame_size=self.config.max_frame_size,
+        )
+        await self.write(encode_frame(codecs.JSON.encode(hello.to_wire())))
+        got_header = False
+        payload = b""
+        with anyio.move_on_after(self.config.negotiation_timeout) as scope:
+            header = await self._read_exact(proc, 4)
+            got_header = True
+            size = int.from_bytes(header, "big")
+            if size > self.config.max_frame_size:
+                raise _StopWorker(f"negotiation reply announces {size} bytes")
+            payload = await self._read_exact(proc, size)
+        if scope.cancelled_caught:
+            if got_header:
+                raise _StopWorker("the worker sent half a negotiation reply")
+            logger.info(
+                "worker %d: no answer to negotiation within %s s; using JSON",
+                self.id,
+                self.config.negotiation_timeout,
+            )
+            return "json", frozenset(), 1
+        try:
+            selected = parse_negotiation_reply(payload, offered)
+        except WireProtocolError as exc:
+            raise _StopWorker(f"unreadable negotiation reply: {exc}") from None
+        if selected is None:
+            return "json", frozenset(), 1
+        return selected.protocol, selected.features, selected.max_concurrency
+
+    async def _init_ping(self, proc: WorkerProcess, conn: ClientConnection) -> None:
+        """Send the adapter's init command and read its answer inline (no reader task yet)."""
+        command = self.adapter.init_command
+        if command is None:
+            return
+        request_id = self.pool._next_id()
+        frame = self.pool._encode_request(conn.codec, request_id, command, {}, False)
+        conn.start_request(request_id, False)
+        await self.write(frame)
+        while True:
+            await anyio.wait_readable(proc.stdout_fd)
+            try:
+                data = os.read(proc.stdout_fd, _READ_SIZE)
+            except BlockingIOError:
+                continue
+            if not data:
+                raise _StopWorker(f"the worker exited before answering {command!r}")
+            for event in conn.receive_data(data):
+                if isinstance(event, Response):
+                    if not event.success:
+                        raise _StopWorker(f"init command {command!r} failed: {event.error}")
+                    return
+
+    # ------------------------------------------------------------------ supervision
+    async def run(self) -> None:
+        """Keep a process running in this slot until the pool closes or the breaker trips."""
+        crashes: deque[float] = deque()
+        backoff = self.config.restart_backoff
+        try:
+            while not self.pool._closing:
+                crashed = await self._run_once()
+                if self.pool._closing:
+                    break
+                if not crashed:
+                    backoff = self.config.restart_backoff
+                    continue
+                now = time.monotonic()
+                crashes.append(now)
+                while crashes and now - crashes[0] > self.config.restart_window:
+                    crashes.popleft()
+                if len(crashes) > self.config.max_restarts:
+                    self.broken = True
+                    logger.error(
+                        "worker %d: %d crashes within %s s; giving up on this slot: %s",
+                        self.id,
+                        len(crashes),
+                        self.config.restart_window,
+                        self.last_error,
+                    )
+                    self.pool._worker_broken(self)
+                    return
+                delay = backoff * (0.5 + random.random())
+                backoff = min(backoff * 2, self.config.restart_backoff_max)
+                await anyio.sleep(delay)
+                self.restarts += 1
+        finally:
+            self.state = "stopped"
+            self.ready = False
+            self._first_attempt_done.set()
+
+    async def _run_once(self) -> bool:
+        """Run one process from spawn to reap. Returns True if it crashed."""
+        config = self.config
+        adapter = self.adapter
+        self._reset()
+        env = adapter.environment()
+        env[constants.ENV_RUN_ID] = self.pool.run_id
+        env[constants.ENV_WORKER_ID] = str(self.id)
+        env[constants.ENV_LIFELINE_GRACE] = str(config.shutdown_grace)
+        try:
+            proc = spawn_worker(adapter.argv(), env=env, cwd=adapter.cwd)
+        except OSError as exc:
+            self.last_error = f"could not start {adapter.argv()[0]!r}: {exc}"
+            self._stderr_tail[:] = self.last_error.encode()
+            self._first_attempt_done.set()
+            return True
+        self.proc = proc
+        if self.pool.telemetry.active:
+            self.pool.telemetry.emit(tm.WorkerStarted(self.id, proc.pid, self.restarts))
+        stderr_done = anyio.Event()
+        crashed = True
+        exit_reason = ""
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self._drain_stderr, proc, stderr_done)
+                try:
+                    exit_reason = await self._serve(proc)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        crashed = await self._take_down(proc, exit_reason, stderr_done)
+                        outer.cancel_scope.cancel()
+        finally:
+            proc.kill_now()
+            proc.close()
+            self.conn = None
+            self._first_attempt_done.set()
+        return crashed
+
+    def _reset(self) -> None:
+        self.state = "starting"
+        self.ready = False
+        self.draining = False
+        self.free = 0
+        self.load = 0
+        self.requests = 0
+        self._calls = {}
+        self._abandoned = 0
+        self._stop_reason = None
+        self._stop_graceful = False
+        self._protocol_error = None
+        self._eof = False
+        self._writing = False
+        self._stderr_tail = bytearray()
+        self.features = frozenset()
+        self.protocol = None
+        self.last_heartbeat = 0.0
+
+    async def _serve(self, proc: WorkerProcess) -> str:
+        """Negotiate, ping, then serve until stopped. Returns why it stopped."""
+        config = self.config
+        started = time.monotonic()
+        with anyio.CancelScope() as stop_scope:
+            self._stop_scope = stop_scope
+            if self.pool._closing:
+                self.stop("the pool is closing")
+            try:
+                with anyio.fail_after(config.worker_init_timeout):
+                    protocol, features, max_concurrency = await self._negotiate(proc)
+                    conn = ClientConnection(codecs.get_codec(protocol), config.max_frame_size)
+                    self.conn = conn
+                    self.protocol = protocol
+                    self.features = features
+                    await self._init_ping(proc, conn)
+            except TimeoutError:
+                self.stop(f"did not become ready within {config.worker_init_timeout} s")
+            except _StopWorker as exc:
+                self.stop(str(exc))
+            except WireProtocolError as exc:
+                self._protocol_error = exc
+                self.stop(f"protocol error during start-up: {exc}")
+            if self._stop_reason is not None:
+                return self._stop_reason
+            if constants.FEATURE_MULTIPLEX in features:
+                self.capacity = max(1, min(config.max_in_flight, max_concurrency))
+            else:
+                self.capacity = 1
+            try:
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    tg.start_soon(self._read_loop, proc, conn)
+                    self.ready = True
+                    self.state = "idle"
+                    init_time = time.monotonic() - started
+                    logger.debug(
+                        "worker %d ready: pid %d, %s, %.3f s", self.id, proc.pid, protocol, init_time
+                    )
+                    if self.pool.telemetry.active:
+                        self.pool.telemetry.emit(
+                            tm.WorkerReady(self.id, proc.pid, init_time, protocol, features)
+                        )
+                    self._first_attempt_done.set()
+                    self.pool._worker_ready(self)
+                    await anyio.sleep_forever()
+            finally:
+                self._tg = None
+                self._stop_scope = None
+        return self._stop_reason or "stopped"
+
+    async def _take_down(self, proc: WorkerProcess, reason: str, stderr_done: anyio.Event) -> bool:
+        """Ladder the process down, fail what it held. Runs shielded. True if it crashed."""
+        config = self.config
+        self.ready = False
+        self.state = "stopping"
+        if self._stop_reason is None:
+            self._stop_reason = reason or "stopped"
+        self.pool._worker_unavailable(self)
+        planned = self.pool._closing or self._stop_graceful
+        graceful_step: Callable[[], Any] | None = None
+        if self._eof and not planned:
+            # It closed its stdout: most likely it is exiting. Let it, to learn its exit code.
+            await proc.wait(min(0.5, config.kill_grace))
+        if proc.poll() is None:
+            if planned and constants.FEATURE_SHUTDOWN in self.features and self.conn is not None:
+                conn = self.conn
+
+                async def graceful_step_fn() -> None:
+                    await self.write(conn.send_shutdown())
+                    proc.close_stdin()
+
+                graceful_step = graceful_step_fn
+            elif planned:
+
+                async def close_stdin() -> None:
+                    proc.close_stdin()
+
+                graceful_step = close_stdin
+        step = await proc.terminate_ladder(
+            graceful=graceful_step,
+            shutdown_grace=config.shutdown_grace,
+            kill_grace=config.kill_grace,
+        )
+        with anyio.move_on_after(0.5):
+            await stderr_done.wait()
+        crashed = not planned
+        for call in list(self._calls.values()):
+            call.finish(None, self._failure_for_calls(proc))
+        self._calls.clear()
+        self.load = 0
+        self._abandoned = 0
+        if crashed:
+            self.last_error = f"{self._stop_reason} (exit code {proc.exit_code}, signal {proc.exit_signal})"
+        logger.log(
+            logging.WARNING if crashed else logging.DEBUG,
+            "worker %d (pid %d) exited (%s, rc=%s, via %s)",
+            self.id,
+            proc.pid,
+            self._stop_reason,
+            proc.returncode,
+            step,
+        )
+        if self.pool.telemetry.active:
+            self.pool.telemetry.emit(
+                tm.WorkerExited(
+                    self.id,
+                    proc.pid,
+                    proc.exit_code,
+                    proc.exit_signal,
+                    crashed,
+                    self._stop_reason or "",
+                )
+            )
+        return crashed
+
+    def _failure_for_calls(self, proc: WorkerProcess) -> SnakepitError:
+        tail = self.stderr_tail()
+        if self._protocol_error is not None:
+            return ProtocolError(
+                f"worker {self.id} (pid {proc.pid}) broke the protocol: {self._protocol_error}"
+            )
+        return WorkerCrashed(
+            f"worker {self.id} (pid {proc.pid}) went away: {self._stop_reason}",
+            exit_code=proc.exit_code,
+            signal=proc.exit_signal,
+            stderr_tail=tail,
+        )
+
+    # ------------------------------------------------------------------ health
+    def needs_recycling(self, now: float) -> str | None:
+        """Why this worker should be replaced now, or None."""
+        config = self.config
+        proc = self.proc
+        if proc is None or not self.ready:
+            return None
+        if config.max_requests is not None and self.requests >= config.max_requests:
+            return f"served {self.requests} requests (max_requests={config.max_requests})"
+        if config.max_lifetime is not None and now - proc.started_at >= config.max_lifetime:
+            return f"alive for {now - proc.started_at:.1f} s (max_lifetime={config.max_lifetime})"
+        if config.max_memory is not None:
+            rss = read_rss(proc.pid)
+            if rss is not None and rss > config.max_memory:
+                return f"RSS {rss} bytes over max_memory={config.max_memory}"
+        return None
+
+    async def wait_first_attempt(self) -> None:
+        await self._first_attempt_done.wait()
+
+
+def startup_failure(workers: list[Worker]) -> StartupError:
+    tails = [f"[worker {w.id}] {w.last_error}\n{w.stderr_tail()}".rstrip() for w in workers]
+    return StartupError(
+        f"no worker could be started ({len(workers)} tried)",
+        stderr_tail="\n".join(tails),
+    )
+
