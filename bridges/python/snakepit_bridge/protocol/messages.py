@@ -63,6 +63,30 @@ def _request_id(msg: Mapping[str, Any], what: str) -> int:
     return int(value)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _seconds(value: Any) -> float | None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond float range (JSON allows it)
+        return None
+
+
+def _text(value: Any, key: str) -> str:
+    """``value`` as a string. MessagePack nests up to 1023 levels, deeper than the default
+    recursion limit, so ``str()`` of a decoded value can raise RecursionError."""
+    if isinstance(value, str):
+        return value
+    try:
+        return str(value)
+    except RecursionError:
+        raise ProtocolError(f"{key!r} field is nested too deeply") from None
+
+
 # --------------------------------------------------------------------------- negotiation
 
 
@@ -120,7 +144,7 @@ def parse_negotiation_reply(payload: bytes, supported: Iterable[str]) -> Protoco
     if not isinstance(msg, dict) or msg.get("type") != PROTOCOL_SELECTED:
         return None
     protocol = msg.get("protocol")
-    if protocol not in set(supported):
+    if not isinstance(protocol, str) or protocol not in set(supported):
         return None
     raw_features = msg.get("features")
     features: frozenset[str] = frozenset()
@@ -214,7 +238,7 @@ def parse_pool_message(msg: Any) -> PoolMessage:
             id=_request_id(msg, "request"),
             command=_require(msg, "command", str, "request"),
             args=args,
-            timestamp=str(msg.get("timestamp", "")),
+            timestamp=_text(msg.get("timestamp", ""), "timestamp"),
             stream=bool(msg.get("stream", False)),
             credits=credits if isinstance(credits, int) and not isinstance(credits, bool) else None,
         )
@@ -228,9 +252,12 @@ def parse_pool_message(msg: Any) -> PoolMessage:
         supported = msg.get("supported", [])
         if not isinstance(supported, list):
             raise ProtocolError("negotiation 'supported' is not a list")
+        max_frame_size = msg.get("max_frame_size")
         return ProtocolNegotiation(
-            supported=tuple(str(s) for s in supported),
-            preferred=str(msg.get("preferred", "json")),
+            supported=tuple(_text(s, "supported") for s in supported),
+            preferred=_text(msg.get("preferred", "json"), "preferred"),
+            grace=_seconds(msg.get("grace")),
+            max_frame_size=max_frame_size if _is_int(max_frame_size) else None,
         )
     raise ProtocolError(f"unknown message type {kind!r}")
 
@@ -300,7 +327,7 @@ def _optional_str(msg: Mapping[str, Any], key: str) -> str | None:
     value = msg.get(key)
     if value is None:
         return None
-    return value if isinstance(value, str) else str(value)
+    return _text(value, key)
 
 
 def parse_bridge_message(msg: Any) -> BridgeEvent:
@@ -322,7 +349,7 @@ def parse_bridge_message(msg: Any) -> BridgeEvent:
             raw_id,
             False,
             None,
-            error="" if error is None else (error if isinstance(error, str) else str(error)),
+            error="" if error is None else _text(error, "error"),
             error_type=_optional_str(msg, "error_type"),
             traceback=_optional_str(msg, "traceback"),
             timestamp=_optional_str(msg, "timestamp"),
