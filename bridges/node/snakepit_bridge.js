@@ -1,0 +1,1417 @@
+#!/usr/bin/env node
+'use strict';
+/**
+ * snakepit_bridge.js: the Node.js worker of snakepit-trio.
+ *
+ * One file, no required dependency. It speaks the stdio wire protocol of docs/protocol.md:
+ * 4-byte big-endian length-prefixed frames over stdin/stdout, JSON always, MessagePack when the
+ * optional package `@msgpack/msgpack` can be required, negotiation, several requests in flight,
+ * streams with credit-based backpressure, cancel and shutdown frames, and a lifeline.
+ *
+ *   node snakepit_bridge.js [--mode pool-worker] [--protocol auto|json|msgpack]
+ *                           [--module /path/to/user_module.js] [--max-concurrency N]
+ *
+ * A user module adds commands (and may replace built-in ones):
+ *
+ *   module.exports = {
+ *     commands: {
+ *       greet: async (args, ctx) => ({ hello: args.name }),
+ *       countdown: async function* (args, ctx) { for (let i = args.n; i > 0; i--) yield i; },
+ *     },
+ *   };
+ *
+ * `ctx` holds id, command, args, sessionId, stream, cancelled, signal (an AbortSignal that aborts
+ * when the pool cancels the request) and sleep(seconds). See README.md beside this file.
+ *
+ * Required as a module (tests do), it only exports its pieces and starts nothing.
+ */
+
+const fs = require('node:fs');
+const net = require('node:net');
+const path = require('node:path');
+const { Console } = require('node:console');
+const { createRequire } = require('node:module');
+const { pathToFileURL } = require('node:url');
+
+const VERSION = '0.1.0';
+const BRIDGE_NAME = 'snakepit_bridge.js';
+const HEADER_SIZE = 4;
+const MAX_FRAME_LIMIT = 0xffffffff;
+const DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024;
+const DEFAULT_MAX_CONCURRENCY = 64;
+const DEFAULT_LIFELINE_GRACE = 2;
+// A cancelled handler that has not unwound by then is confirmed anyway (well inside the pool's
+// cancel_grace); it goes on in the background and its outcome is dropped.
+const CANCEL_CONFIRM_MS = 250;
+const MAX_NESTING = 512;
+const FEATURES = Object.freeze(['cancel', 'credit', 'lifeline', 'multiplex', 'shutdown', 'stream']);
+const BYTES_KEY = '__bytes__';
+const MSGPACK_PACKAGE = '@msgpack/msgpack';
+
+// ------------------------------------------------------------------------------ errors
+
+function errorClass(name, Base = Error) {
+  const cls = class extends Base {};
+  Object.defineProperty(cls, 'name', { value: name });
+  Object.defineProperty(cls.prototype, 'name', { value: name, writable: true, configurable: true });
+  return cls;
+}
+
+/** The peer broke the wire protocol (bad frame, bad payload, bad message). */
+const ProtocolError = errorClass('ProtocolError');
+const ZeroDivisionError = errorClass('ZeroDivisionError', RangeError);
+const UnsupportedCommand = errorClass('UnsupportedCommand');
+const Cancelled = errorClass('Cancelled');
+const ShuttingDown = errorClass('ShuttingDown');
+
+function errorType(err) {
+  if (err instanceof Error) {
+    if (err.name && err.name !== 'Error') return String(err.name);
+    const ctor = err.constructor && err.constructor.name;
+    return ctor || 'Error';
+  }
+  return 'Error';
+}
+
+function errorMessage(err) {
+  if (err instanceof Error) return err.message;
+  try {
+    return String(err);
+  } catch {
+    return 'unprintable error';
+  }
+}
+
+// ------------------------------------------------------------------------------ framing
+
+function checkFrameLimit(limit) {
+  if (!Number.isInteger(limit) || limit < 0 || limit > MAX_FRAME_LIMIT) {
+    throw new RangeError(`max frame size must be an integer between 0 and ${MAX_FRAME_LIMIT}`);
+  }
+  return limit;
+}
+
+function frameTooLarge(size, limit) {
+  return new ProtocolError(`frame of ${size} bytes exceeds the limit of ${limit} bytes`);
+}
+
+/** Return `payload` (Buffer or Uint8Array) with its 4-byte big-endian length in front. */
+function encodeFrame(payload, maxFrameSize = DEFAULT_MAX_FRAME_SIZE) {
+  const size = payload.length;
+  if (size > maxFrameSize) throw frameTooLarge(size, maxFrameSize);
+  const frame = Buffer.allocUnsafe(HEADER_SIZE + size);
+  frame.writeUInt32BE(size, 0);
+  frame.set(payload, HEADER_SIZE);
+  return frame;
+}
+
+/**
+ * Incremental frame decoder: feed() any chunking of the byte stream, get whole payloads back.
+ *
+ * Linear in the bytes fed: a payload that lies inside one chunk is returned as a view of it
+ * (no copy); one that spans chunks is copied once into a buffer of its announced size. The
+ * size limit is checked from the header, before any body byte is kept. After a ProtocolError
+ * the decoder stays broken.
+ */
+class FrameDecoder {
+  constructor(maxFrameSize = DEFAULT_MAX_FRAME_SIZE) {
+    this._max = checkFrameLimit(maxFrameSize);
+    this._header = Buffer.alloc(HEADER_SIZE);
+    this._headerFill = 0;
+    this._body = null;
+    this._bodyFill = 0;
+    this._error = null;
+  }
+
+  get maxFrameSize() {
+    return this._max;
+  }
+
+  set maxFrameSize(limit) {
+    this._max = checkFrameLimit(limit);
+  }
+
+  /** True when a frame has started (some of its bytes arrived) but is incomplete. */
+  get inFrame() {
+    return this._headerFill > 0 || this._body !== null;
+  }
+
+  /** Bytes received that are not yet part of a returned payload. */
+  get buffered() {
+    return this._body === null ? this._headerFill : HEADER_SIZE + this._bodyFill;
+  }
+
+  feed(data) {
+    if (this._error) throw this._error;
+    const frames = [];
+    const end = data.length;
+    let pos = 0;
+    while (pos < end) {
+      if (this._body !== null) {
+        const body = this._body;
+        const take = Math.min(body.length - this._bodyFill, end - pos);
+        body.set(data.subarray(pos, pos + take), this._bodyFill);
+        this._bodyFill += take;
+        pos += take;
+        if (this._bodyFill === body.length) {
+          frames.push(body);
+          this._body = null;
+          this._bodyFill = 0;
+        }
+        continue;
+      }
+      let size;
+      if (this._headerFill === 0 && end - pos >= HEADER_SIZE) {
+        size = readUInt32BE(data, pos);
+        pos += HEADER_SIZE;
+      } else {
+        const take = Math.min(HEADER_SIZE - this._headerFill, end - pos);
+        this._header.set(data.subarray(pos, pos + take), this._headerFill);
+        this._headerFill += take;
+        pos += take;
+        if (this._headerFill < HEADER_SIZE) break;
+        this._headerFill = 0;
+        size = this._header.readUInt32BE(0);
+      }
+      if (size > this._max) {
+        this._error = new ProtocolError(
+          `frame header announces ${size} bytes, over the limit of ${this._max} bytes`,
+        );
+        throw this._error;
+      }
+      if (end - pos >= size) {
+        frames.push(toBuffer(data.subarray(pos, pos + size)));
+        pos += size;
+      } else {
+        this._body = Buffer.allocUnsafe(size);
+        this._bodyFill = 0;
+      }
+    }
+    return frames;
+  }
+
+  /** Call at end of stream: throws ProtocolError if it cut a frame short. */
+  checkEof() {
+    if (this._error) throw this._error;
+    if (this._body !== null) {
+      throw new ProtocolError(
+        `stream ended inside a frame (${this._bodyFill} of ${this._body.length} body bytes)`,
+      );
+    }
+    if (this._headerFill > 0) {
+      throw new ProtocolError(
+        `stream ended inside a frame (${this._headerFill} of ${HEADER_SIZE} header bytes)`,
+      );
+    }
+  }
+}
+
+function readUInt32BE(bytes, pos) {
+  return (
+    bytes[pos] * 0x1000000 + ((bytes[pos + 1] << 16) | (bytes[pos + 2] << 8) | bytes[pos + 3])
+  );
+}
+
+function toBuffer(bytes) {
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+// ------------------------------------------------------------------------------ values
+
+const STRICT_BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+
+function decodeBase64(text) {
+  if (text.length % 4 !== 0 || !STRICT_BASE64.test(text)) {
+    throw new ProtocolError('invalid base64 in a {"__bytes__": ...} value');
+  }
+  return Buffer.from(text, 'base64');
+}
+
+function isPlainObject(value) {
+  if (value === null || typeof value !== 'object') return false;
+  const proto = Object.getPrototypeOf(value);
+  return proto === Object.prototype || proto === null;
+}
+
+function bigintToNumber(value) {
+  const number = Number(value);
+  if (!Number.isSafeInteger(number)) {
+    throw new RangeError(`BigInt ${value} does not fit a safe integer`);
+  }
+  return number;
+}
+
+/**
+ * Turn a handler's value into what the codecs carry, the same way for both:
+ * bytes (any Uint8Array, Buffer, ArrayBuffer, DataView) stay bytes; other typed arrays and Sets
+ * become arrays; Maps become maps with string keys; objects with toJSON (Date...) give its
+ * value; safe BigInts become numbers; undefined, functions and symbols are dropped from maps
+ * and become null in arrays. For JSON, bytes become {"__bytes__": base64} and NaN and the
+ * infinities are refused. Copy-on-write: an untouched subtree is returned as it was.
+ */
+function toWire(value, json, depth = 0) {
+  switch (typeof value) {
+    case 'string':
+    case 'boolean':
+      return value;
+    case 'number':
+      if (json && !Number.isFinite(value)) throw new RangeError(`${value} is not JSON compliant`);
+      return value;
+    case 'bigint':
+      return bigintToNumber(value);
+    case 'undefined':
+    case 'function':
+    case 'symbol':
+      return undefined;
+    default:
+      break;
+  }
+  if (value === null) return null;
+  if (depth > MAX_NESTING) throw new RangeError('value is nested too deeply (or is circular)');
+  if (value instanceof Uint8Array) {
+    return json ? { [BYTES_KEY]: toBuffer(value).toString('base64') } : value;
+  }
+  if (Array.isArray(value)) return arrayToWire(value, json, depth);
+  if (isPlainObject(value)) return objectToWire(value, json, depth);
+  if (value instanceof ArrayBuffer || value instanceof DataView) {
+    const bytes =
+      value instanceof ArrayBuffer
+        ? Buffer.from(value)
+        : Buffer.from(value.buffer, value.byteOffset, value.byteLength);
+    return toWire(bytes, json, depth);
+  }
+  if (ArrayBuffer.isView(value)) return arrayToWire(Array.from(value), json, depth);
+  if (value instanceof Set) return arrayToWire(Array.from(value), json, depth);
+  if (value instanceof Map) {
+    const out = Object.create(null);
+    for (const [key, item] of value) out[String(key)] = item;
+    return objectToWire(out, json, depth);
+  }
+  if (typeof value.toJSON === 'function') return toWire(value.toJSON(''), json, depth + 1);
+  return objectToWire(value, json, depth);
+}
+
+function arrayToWire(array, json, depth) {
+  let out = array;
+  for (let i = 0; i < array.length; i++) {
+    const item = array[i];
+    let wire = toWire(item, json, depth + 1);
+    if (wire === undefined) wire = null;
+    if (wire !== item) {
+      if (out === array) out = array.slice();
+      out[i] = wire;
+    }
+  }
+  return out;
+}
+
+function objectToWire(object, json, depth) {
+  // Copies get no prototype, so that a "__proto__" key stays an ordinary key.
+  let out = isPlainObject(object) ? object : Object.create(null);
+  const keys = Object.keys(object);
+  for (let i = 0; i < keys.length; i++) {
+    const key = keys[i];
+    const item = object[key];
+    const wire = toWire(item, json, depth + 1);
+    if (out === object) {
+      if (wire === item) continue;
+      out = Object.create(null);
+      for (let j = 0; j < i; j++) out[keys[j]] = object[keys[j]];
+    }
+    if (wire !== undefined) out[key] = wire;
+  }
+  return out;
+}
+
+// ------------------------------------------------------------------------------ codecs
+
+const utf8Strict = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+function reviveBytes(key, value) {
+  if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
+    let count = 0;
+    for (const _ in value) {
+      if (++count > 1) return value;
+    }
+    if (count === 1 && typeof value[BYTES_KEY] === 'string') return decodeBase64(value[BYTES_KEY]);
+  }
+  return value;
+}
+
+/** UTF-8 JSON; bytes as {"__bytes__": base64} both ways (decoded into Buffers). */
+class JsonCodec {
+  get name() {
+    return 'json';
+  }
+
+  encode(value) {
+    return Buffer.from(this._text(value), 'utf8');
+  }
+
+  /** Encode `value` straight into a frame (one allocation, header included). */
+  frame(value, maxFrameSize = DEFAULT_MAX_FRAME_SIZE) {
+    const text = this._text(value);
+    const size = Buffer.byteLength(text, 'utf8');
+    if (size > maxFrameSize) throw frameTooLarge(size, maxFrameSize);
+    const frame = Buffer.allocUnsafe(HEADER_SIZE + size);
+    frame.writeUInt32BE(size, 0);
+    frame.write(text, HEADER_SIZE, 'utf8');
+    return frame;
+  }
+
+  decode(payload) {
+    let text;
+    try {
+      text = utf8Strict.decode(payload);
+    } catch {
+      throw new ProtocolError('invalid JSON payload: not valid UTF-8');
+    }
+    try {
+      // The reviver costs a call per value: use it only when the text may hold a bytes object.
+      if (text.includes(BYTES_KEY) || text.includes('\\u')) return JSON.parse(text, reviveBytes);
+      return JSON.parse(text);
+    } catch (err) {
+      if (err instanceof ProtocolError) throw err;
+      throw new ProtocolError(`invalid JSON payload: ${errorMessage(err)}`);
+    }
+  }
+
+  _text(value) {
+    const text = JSON.stringify(toWire(value, true));
+    if (text === undefined) throw new TypeError(`${typeof value} is not JSON serializable`);
+    return text;
+  }
+}
+
+function buffersFromBin(value, depth = 0) {
+  if (value === null || typeof value !== 'object') return value;
+  if (value instanceof Uint8Array) return toBuffer(value);
+  if (depth > MAX_NESTING) throw new ProtocolError('MessagePack payload is nested too deeply');
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const item = value[i];
+      if (item !== null && typeof item === 'object') value[i] = buffersFromBin(item, depth + 1);
+    }
+    return value;
+  }
+  for (const key of Object.keys(value)) {
+    const item = value[key];
+    if (item !== null && typeof item === 'object') value[key] = buffersFromBin(item, depth + 1);
+  }
+  return value;
+}
+
+/** MessagePack through `@msgpack/msgpack`: str as str, bytes as bin (decoded into Buffers). */
+class MsgpackCodec {
+  constructor(lib) {
+    if (!lib || typeof lib.Encoder !== 'function' || typeof lib.Decoder !== 'function') {
+      throw new TypeError(`${MSGPACK_PACKAGE} is not usable`);
+    }
+    this._lib = lib;
+    this._encoder = new lib.Encoder({ ignoreUndefined: true, maxDepth: MAX_NESTING + 8 });
+    this._decoder = new lib.Decoder();
+  }
+
+  get name() {
+    return 'msgpack';
+  }
+
+  _packed(value) {
+    const wire = toWire(value, false);
+    const encoder = this._encoder;
+    return typeof encoder.encodeSharedRef === 'function'
+      ? encoder.encodeSharedRef(wire)
+      : encoder.encode(wire);
+  }
+
+  encode(value) {
+    return Buffer.from(this._packed(value));
+  }
+
+  frame(value, maxFrameSize = DEFAULT_MAX_FRAME_SIZE) {
+    return encodeFrame(this._packed(value), maxFrameSize);
+  }
+
+  decode(payload) {
+    let value;
+    try {
+      value = this._decoder.decode(payload);
+    } catch (err) {
+      throw new ProtocolError(`invalid MessagePack payload: ${errorMessage(err)}`);
+    }
+    return buffersFromBin(value);
+  }
+}
+
+/**
+ * Require `@msgpack/msgpack` if it can be found: beside this file (and the folders above it,
+ * NODE_PATH, the global folders), then from each of `extraDirs`. Returns the module or null.
+ */
+function loadMsgpack(extraDirs = []) {
+  const attempts = [() => require(MSGPACK_PACKAGE)];
+  for (const dir of extraDirs) {
+    if (dir) attempts.push(() => createRequire(path.join(path.resolve(dir), 'noop.js'))(MSGPACK_PACKAGE));
+  }
+  for (const attempt of attempts) {
+    try {
+      const lib = attempt();
+      if (lib && typeof lib.Encoder === 'function' && typeof lib.Decoder === 'function') return lib;
+    } catch {
+      // not installed there
+    }
+  }
+  return null;
+}
+
+function looksLikeMsgpackMap(payload) {
+  if (payload.length === 0) return false;
+  const first = payload[0];
+  return (first >= 0x80 && first <= 0x8f) || first === 0xde || first === 0xdf;
+}
+
+// ------------------------------------------------------------------------------ output
+
+function sleepSync(ms) {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+/**
+ * Writes whole frames to a file descriptor synchronously, so frames never interleave and a
+ * frame is on the pipe before the next line of code runs. Copes with a non-blocking fd.
+ */
+class FrameWriter {
+  constructor(fd) {
+    this.fd = fd;
+    this.closed = false;
+  }
+
+  write(frame) {
+    let offset = 0;
+    while (offset < frame.length) {
+      try {
+        offset += fs.writeSync(this.fd, frame, offset, frame.length - offset);
+      } catch (err) {
+        if (err.code === 'EAGAIN' || err.code === 'EWOULDBLOCK') {
+          sleepSync(1);
+          continue;
+        }
+        if (err.code === 'EINTR') continue;
+        this.closed = true;
+        throw err;
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------ commands
+
+function nowSeconds() {
+  return Date.now() / 1000;
+}
+
+/** Resolve after `seconds`: true when the time ran out, false when `signal` aborted first. */
+function sleep(seconds, signal) {
+  return new Promise((resolve) => {
+    if (signal && signal.aborted) {
+      resolve(false);
+      return;
+    }
+    const onAbort = () => {
+      clearTimeout(timer);
+      resolve(false);
+    };
+    const timer = setTimeout(() => {
+      if (signal) signal.removeEventListener('abort', onAbort);
+      resolve(true);
+    }, Math.max(0, seconds * 1000));
+    if (signal) signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+function numberArg(args, key, fallback) {
+  const value = args[key] === undefined || args[key] === null ? fallback : args[key];
+  if (typeof value !== 'number' || Number.isNaN(value)) {
+    throw new TypeError(`argument ${key} must be a number, not ${JSON.stringify(value)}`);
+  }
+  return value;
+}
+
+function countArg(args, key, fallback) {
+  const value = args[key] === undefined || args[key] === null ? fallback : args[key];
+  if (!Number.isInteger(value) || value < 0) {
+    throw new RangeError(`argument ${key} must be a non-negative integer`);
+  }
+  return value;
+}
+
+/** The built-in commands; `bridge` gives the counters and the command list. */
+function builtinCommands(bridge) {
+  return {
+    ping(args) {
+      return {
+        status: 'ok',
+        bridge_type: 'generic_javascript',
+        uptime: bridge.uptime(),
+        requests_handled: bridge.requestCount,
+        timestamp: nowSeconds(),
+        node_version: process.version,
+        platform: process.platform,
+        pid: process.pid,
+        worker_id: args.worker_id || process.env.SNAKEPIT_WORKER_ID || 'unknown',
+        echo: args,
+      };
+    },
+
+    echo(args) {
+      return { status: 'ok', echoed: args, timestamp: nowSeconds() };
+    },
+
+    compute(args) {
+      const operation = args.operation === undefined ? 'add' : args.operation;
+      const a = numberArg(args, 'a', 0);
+      const b = numberArg(args, 'b', 0);
+      let result;
+      switch (operation) {
+        case 'add':
+          result = a + b;
+          break;
+        case 'subtract':
+          result = a - b;
+          break;
+        case 'multiply':
+          result = a * b;
+          break;
+        case 'divide':
+          if (b === 0) throw new ZeroDivisionError('Division by zero');
+          result = a / b;
+          break;
+        case 'power':
+          result = a ** b;
+          break;
+        case 'sqrt':
+          if (a < 0) throw new RangeError('Square root of negative number');
+          result = Math.sqrt(a);
+          break;
+        default:
+          throw new RangeError(`Unsupported operation: ${operation}`);
+      }
+      if (!Number.isFinite(result)) throw new RangeError(`Invalid result: ${result}`);
+      return { status: 'ok', operation, inputs: { a, b }, result, timestamp: nowSeconds() };
+    },
+
+    random(args) {
+      const type = args.type === undefined ? 'uniform' : args.type;
+      let value;
+      switch (type) {
+        case 'uniform': {
+          const min = numberArg(args, 'min', 0);
+          const max = numberArg(args, 'max', 1);
+          value = min + Math.random() * (max - min);
+          break;
+        }
+        case 'integer': {
+          const min = Math.ceil(numberArg(args, 'min', 0));
+          const max = Math.floor(numberArg(args, 'max', 100));
+          if (max < min) throw new RangeError(`empty range [${min}, ${max}]`);
+          value = min + Math.floor(Math.random() * (max - min + 1));
+          break;
+        }
+        case 'normal': {
+          const mean = numberArg(args, 'mean', 0);
+          const std = numberArg(args, 'std', 1);
+          // Box-Muller; 1 - random() lies in (0, 1], so the logarithm stays finite.
+          const u = 1 - Math.random();
+          const v = Math.random();
+          value = mean + std * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
+          break;
+        }
+        default:
+          throw new RangeError(`Unsupported random type: ${type}`);
+      }
+      return { status: 'ok', type, parameters: args, value, timestamp: nowSeconds() };
+    },
+
+    info() {
+      return {
+        status: 'ok',
+        bridge_info: {
+          name: BRIDGE_NAME,
+          version: VERSION,
+          language: 'node',
+          protocol: bridge.codec ? bridge.codec.name : null,
+          features: FEATURES.slice(),
+          max_concurrency: bridge.maxConcurrency,
+          supported_commands: bridge.commandNames(),
+          uptime: bridge.uptime(),
+          total_requests: bridge.requestCount,
+        },
+        system_info: {
+          node_version: process.version,
+          platform: process.platform,
+          arch: process.arch,
+          pid: process.pid,
+          memory_usage: process.memoryUsage(),
+        },
+        timestamp: nowSeconds(),
+      };
+    },
+
+    async sleep(args, ctx) {
+      const seconds = numberArg(args, 'seconds', 0.1);
+      const started = Date.now();
+      await ctx.sleep(seconds);
+      return { status: 'ok', slept: (Date.now() - started) / 1000 };
+    },
+
+    async *ping_stream(args, ctx) {
+      const count = countArg(args, 'count', 5);
+      const interval = numberArg(args, 'interval', 0.1);
+      for (let i = 1; i <= count; i++) {
+        if (i > 1 && interval > 0 && !(await ctx.sleep(interval))) break;
+        yield { ping_number: i, message: `Ping ${i} of ${count}`, timestamp: nowSeconds() };
+      }
+      return { status: 'ok', total: count };
+    },
+  };
+}
+
+/**
+ * name -> {fn, self} for every function of `source`: its own enumerable properties and, for a
+ * class instance, the methods of its classes (not those of Object, not `constructor`, not
+ * names starting with "_").
+ */
+function collectCommands(source) {
+  const found = new Map();
+  if (source === null || (typeof source !== 'object' && typeof source !== 'function')) {
+    throw new TypeError('commands must be an object mapping names to functions');
+  }
+  for (const name of Object.keys(source)) {
+    if (typeof source[name] === 'function') found.set(name, { fn: source[name], self: source });
+  }
+  let proto = Object.getPrototypeOf(source);
+  while (proto && proto !== Object.prototype && proto !== Function.prototype) {
+    for (const name of Object.getOwnPropertyNames(proto)) {
+      if (name === 'constructor' || name.startsWith('_') || found.has(name)) continue;
+      const descriptor = Object.getOwnPropertyDescriptor(proto, name);
+      if (descriptor && typeof descriptor.value === 'function') {
+        found.set(name, { fn: descriptor.value, self: source });
+      }
+    }
+    proto = Object.getPrototypeOf(proto);
+  }
+  return found;
+}
+
+/** Load a user module (CommonJS or ES module) and return its command map. */
+async function loadUserModule(file) {
+  const resolved = path.resolve(file);
+  let exported;
+  if (resolved.endsWith('.mjs')) {
+    exported = await import(pathToFileURL(resolved).href);
+  } else {
+    try {
+      exported = require(resolved);
+    } catch (err) {
+      if (err && err.code === 'ERR_REQUIRE_ESM') {
+        exported = await import(pathToFileURL(resolved).href);
+      } else {
+        throw err;
+      }
+    }
+  }
+  let api = exported;
+  if (api && !api.commands && api.default) api = api.default;
+  if (!api || !api.commands) {
+    throw new TypeError(`${file} exports no "commands" object (see the bridge's README.md)`);
+  }
+  return collectCommands(api.commands);
+}
+
+function isIterator(value) {
+  return (
+    value !== null &&
+    typeof value === 'object' &&
+    typeof value.next === 'function' &&
+    (typeof value[Symbol.asyncIterator] === 'function' || typeof value[Symbol.iterator] === 'function')
+  );
+}
+
+function isThenable(value) {
+  return value !== null && (typeof value === 'object' || typeof value === 'function') && typeof value.then === 'function';
+}
+
+async function closeIterator(iterator) {
+  if (typeof iterator.return !== 'function') return;
+  try {
+    await iterator.return(undefined);
+  } catch (err) {
+    logError('closing a generator failed', err);
+  }
+}
+
+function logError(what, err) {
+  const detail = err instanceof Error ? err.stack || err.message : String(err);
+  try {
+    process.stderr.write(`[snakepit_bridge.js] ${what}: ${detail}\n`);
+  } catch {
+    // stderr is gone too
+  }
+}
+
+function timestamp() {
+  return new Date().toISOString();
+}
+
+// ------------------------------------------------------------------------------ the bridge
+
+/** What a handler gets as its second argument. */
+class CommandContext {
+  constructor(task) {
+    this._task = task;
+    this.id = task.id;
+    this.command = task.command;
+    this.args = task.args;
+    this.sessionId = task.args.session_id === undefined ? null : task.args.session_id;
+    this.stream = task.stream;
+    this.signal = task.controller.signal;
+  }
+
+  /** True once the pool cancelled this request. */
+  get cancelled() {
+    return this._task.cancelled;
+  }
+
+  /** Sleep `seconds`; resolves early (with false) when the request is cancelled. */
+  sleep(seconds) {
+    return sleep(seconds, this.signal);
+  }
+}
+
+class Task {
+  constructor(id, command, entry, args, stream, credits) {
+    this.id = id;
+    this.command = command;
+    this.entry = entry;
+    this.args = args;
+    this.stream = stream;
+    this.credits = credits;
+    this.seq = 0;
+    this.controller = new AbortController();
+    this.started = false;
+    this.cancelled = false;
+    this.finished = false;
+    this.creditWaiter = null;
+    this.cancelTimer = null;
+    this.ctx = new CommandContext(this);
+  }
+
+  wake() {
+    const waiter = this.creditWaiter;
+    this.creditWaiter = null;
+    if (waiter) waiter();
+  }
+}
+
+const CANCELLED = Symbol('cancelled');
+
+/**
+ * The protocol engine: frames in (feed), frames out (writer), handlers in between.
+ * `exit(code)` is called once the bridge is done (stdin ended or shutdown, nothing running).
+ */
+class Bridge {
+  constructor(options = {}) {
+    this.protocol = options.protocol || 'auto';
+    this.msgpack = options.msgpack || null;
+    this.maxConcurrency = options.maxConcurrency || DEFAULT_MAX_CONCURRENCY;
+    this.maxFrameSize = checkFrameLimit(options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE);
+    this.lifelineGrace = options.lifelineGrace ?? DEFAULT_LIFELINE_GRACE;
+    this.writer = options.writer || new FrameWriter(1);
+    this.exit = options.exit || ((code) => process.exit(code));
+    this.json = new JsonCodec();
+    this.codecs = { json: this.json };
+    if (this.msgpack) this.codecs.msgpack = new MsgpackCodec(this.msgpack);
+    if (this.protocol !== 'auto' && !this.codecs[this.protocol]) {
+      throw new Error(`protocol ${this.protocol} is not available`);
+    }
+    this.codec = this.protocol === 'auto' ? null : this.codecs[this.protocol];
+    this.awaitingFirstFrame = this.protocol === 'auto';
+    this.decoder = new FrameDecoder(this.maxFrameSize);
+    this.commands = collectCommands(builtinCommands(this));
+    if (options.commands) {
+      for (const [name, entry] of options.commands) this.commands.set(name, entry);
+    }
+    this.tasks = new Map();
+    this.queue = [];
+    this.running = 0;
+    this.requestCount = 0;
+    this.startTime = Date.now();
+    this.inputEnded = false;
+    this.shuttingDown = false;
+    this.exitCode = 0;
+    this.exited = false;
+  }
+
+  uptime() {
+    return (Date.now() - this.startTime) / 1000;
+  }
+
+  commandNames() {
+    return Array.from(this.commands.keys()).sort();
+  }
+
+  // -- input
+
+  /** Feed bytes read from stdin. */
+  feed(chunk) {
+    if (this.exited) return;
+    let payloads;
+    try {
+      payloads = this.decoder.feed(chunk);
+    } catch (err) {
+      this.fatal(err);
+      return;
+    }
+    for (const payload of payloads) {
+      if (this.exited) return;
+      try {
+        this.onPayload(payload);
+      } catch (err) {
+        logError('internal error on a frame', err);
+      }
+    }
+  }
+
+  /** Stdin ended: take no more work, finish what runs, then exit. */
+  end() {
+    if (this.inputEnded) return;
+    this.inputEnded = true;
+    try {
+      this.decoder.checkEof();
+    } catch (err) {
+      logError('input ended badly', err);
+      this.exitCode = 1;
+    }
+    // No credit frame can come any more: a stream waiting for one could never end.
+    for (const task of this.tasks.values()) {
+      if (task.creditWaiter) this.cancel(task);
+    }
+    this.maybeExit();
+  }
+
+  fatal(err) {
+    logError('unrecoverable input', err);
+    this.send({ id: null, success: false, error: errorMessage(err), error_type: errorType(err) });
+    this.finishProcess(1);
+  }
+
+  onPayload(payload) {
+    if (this.awaitingFirstFrame) {
+      this.awaitingFirstFrame = false;
+      this.onFirstPayload(payload);
+      return;
+    }
+    let message;
+    try {
+      message = this.codec.decode(payload);
+    } catch (err) {
+      this.sendError(null, err);
+      return;
+    }
+    this.dispatch(message);
+  }
+
+  onFirstPayload(payload) {
+    let message;
+    let decodeError = null;
+    try {
+      message = this.json.decode(payload);
+    } catch (err) {
+      decodeError = err;
+    }
+    if (decodeError === null && isPlainObject(message) && message.type === 'protocol_negotiation') {
+      this.negotiate(message);
+      return;
+    }
+    // Not a negotiation: be lenient and take it as the first request.
+    if (decodeError !== null && this.codecs.msgpack && looksLikeMsgpackMap(payload)) {
+      this.codec = this.codecs.msgpack;
+      this.onPayload(payload);
+      return;
+    }
+    this.codec = this.json;
+    if (decodeError !== null) this.sendError(null, decodeError);
+    else this.dispatch(message);
+  }
+
+  negotiate(message) {
+    const offered = Array.isArray(message.supported) ? message.supported : ['json'];
+    const usable = (name) => offered.includes(name) && Boolean(this.codecs[name]);
+    let chosen = 'json';
+    if (typeof message.preferred === 'string' && usable(message.preferred)) chosen = message.preferred;
+    else if (usable('msgpack')) chosen = 'msgpack';
+    if (typeof message.grace === 'number' && Number.isFinite(message.grace) && message.grace >= 0) {
+      this.lifelineGrace = message.grace;
+    }
+    const limit = message.max_frame_size;
+    if (Number.isInteger(limit) && limit >= 0 && limit <= MAX_FRAME_LIMIT) {
+      this.maxFrameSize = limit;
+      this.decoder.maxFrameSize = limit;
+    }
+    const reply = {
+      type: 'protocol_selected',
+      protocol: chosen,
+      features: FEATURES.slice(),
+      max_concurrency: this.maxConcurrency,
+      info: {
+        bridge: BRIDGE_NAME,
+        version: VERSION,
+        language: 'node',
+        pid: process.pid,
+        node_version: process.version,
+        msgpack: Boolean(this.codecs.msgpack),
+        commands: this.commandNames(),
+      },
+    };
+    this.codec = this.json;
+    this.send(reply);
+    this.codec = this.codecs[chosen];
+  }
+
+  dispatch(message) {
+    if (!isPlainObject(message)) {
+      const kind = Array.isArray(message) ? 'array' : message === null ? 'null' : typeof message;
+      this.sendError(null, new ProtocolError(`message is a ${kind}, not a map`));
+      return;
+    }
+    switch (message.type) {
+      case undefined:
+      case null:
+        this.onRequest(message);
+        return;
+      case 'cancel': {
+        const task = this.tasks.get(message.id);
+        if (task) this.cancel(task);
+        return;
+      }
+      case 'credit': {
+        const task = this.tasks.get(message.id);
+        const credits = message.credits;
+        if (task && Number.isInteger(credits) && credits > 0) {
+          task.credits += credits;
+          task.wake();
+        }
+        return;
+      }
+      case 'shutdown':
+        this.shuttingDown = true;
+        this.maybeExit();
+        return;
+      case 'protocol_negotiation':
+        logError('ignored', new ProtocolError('a negotiation frame after the first frame'));
+        return;
+      default:
+        // A frame type from a newer pool: ignoring it keeps the connection alive.
+        logError('ignored', new ProtocolError(`a frame of unknown type ${JSON.stringify(message.type)}`));
+    }
+  }
+
+  onRequest(message) {
+    const id = Number.isInteger(message.id) ? message.id : null;
+    if (id === null) {
+      this.sendError(null, new ProtocolError('request has no integer id'));
+      return;
+    }
+    if (this.tasks.has(id)) {
+      this.sendError(id, new ProtocolError(`request id ${id} is already in flight`));
+      return;
+    }
+    const command = message.command;
+    let args = message.args;
+    if (args === undefined || args === null) args = {};
+    if (typeof command !== 'string') {
+      this.sendError(id, new ProtocolError('request has no command name'));
+      return;
+    }
+    if (!isPlainObject(args)) {
+      this.sendError(id, new ProtocolError("request 'args' is not a map"));
+      return;
+    }
+    if (this.shuttingDown) {
+      this.sendError(id, new ShuttingDown('the bridge is shutting down'));
+      return;
+    }
+    const entry = this.commands.get(command);
+    if (!entry) {
+      this.sendError(id, new UnsupportedCommand(`Unknown command: ${command}`));
+      return;
+    }
+    const credits = Number.isInteger(message.credits) ? Math.max(0, message.credits) : Infinity;
+    const task = new Task(id, command, entry, args, message.stream === true, credits);
+    this.tasks.set(id, task);
+    if (this.running < this.maxConcurrency) this.start(task);
+    else this.queue.push(task);
+  }
+
+  // -- running
+
+  start(task) {
+    task.started = true;
+    this.running += 1;
+    this.requestCount += 1;
+    this.run(task).catch((err) => logError('internal error while running a request', err));
+  }
+
+  async run(task) {
+    let response;
+    try {
+      const result = await this.execute(task);
+      response = { id: task.id, success: true, result: result === undefined ? null : result };
+    } catch (err) {
+      response = err === CANCELLED ? null : this.errorResponse(task.id, err);
+    }
+    if (task.cancelled) response = this.cancelledResponse(task);
+    this.finish(task, response);
+  }
+
+  async execute(task) {
+    const { fn, self } = task.entry;
+    let value = fn.call(self, task.args, task.ctx);
+    if (!isIterator(value) && isThenable(value)) value = await value;
+    if (isIterator(value)) return this.drive(task, value);
+    if (task.cancelled) throw CANCELLED;
+    if (task.stream) {
+      await this.waitForCredit(task);
+      if (task.cancelled) throw CANCELLED;
+      this.sendChunk(task, value);
+      return null;
+    }
+    return value;
+  }
+
+  /** Run a generator command: chunks for a stream, else the list of its values. */
+  async drive(task, iterator) {
+    const values = task.stream ? null : [];
+    try {
+      for (;;) {
+        if (task.cancelled) throw CANCELLED;
+        const step = await iterator.next();
+        if (task.cancelled) throw CANCELLED;
+        if (step.done) return task.stream ? step.value : values;
+        let value = step.value;
+        if (isThenable(value)) value = await value;
+        if (!task.stream) {
+          values.push(value);
+          continue;
+        }
+        await this.waitForCredit(task);
+        if (task.cancelled) throw CANCELLED;
+        this.sendChunk(task, value);
+      }
+    } catch (err) {
+      // Close the generator so that its finally blocks run (a no-op when it threw itself).
+      await closeIterator(iterator);
+      throw err;
+    }
+  }
+
+  waitForCredit(task) {
+    if (task.credits > 0 || task.cancelled) return undefined;
+    if (this.inputEnded) {
+      this.cancel(task);
+      return undefined;
+    }
+    return new Promise((resolve) => {
+      task.creditWaiter = resolve;
+    }).then(() => this.waitForCredit(task));
+  }
+
+  sendChunk(task, data) {
+    const frame = this.codec.frame(
+      { type: 'chunk', id: task.id, seq: task.seq, data: data === undefined ? null : data },
+      this.maxFrameSize,
+    );
+    this.write(frame);
+    task.seq += 1;
+    task.credits -= 1;
+  }
+
+  cancel(task) {
+    if (task.finished || task.cancelled) return;
+    task.cancelled = true;
+    task.controller.abort(new Cancelled('cancelled'));
+    task.wake();
+    if (!task.started) {
+      const index = this.queue.indexOf(task);
+      if (index >= 0) this.queue.splice(index, 1);
+      this.finish(task, this.cancelledResponse(task));
+      return;
+    }
+    task.cancelTimer = setTimeout(() => {
+      logError('cancel', new Error(`request ${task.id} did not stop in time; confirmed anyway`));
+      this.finish(task, this.cancelledResponse(task));
+    }, CANCEL_CONFIRM_MS);
+  }
+
+  finish(task, response) {
+    if (task.finished) return;
+    task.finished = true;
+    if (task.cancelTimer) clearTimeout(task.cancelTimer);
+    this.tasks.delete(task.id);
+    if (task.started) this.running -= 1;
+    if (response) this.send(response);
+    while (this.running < this.maxConcurrency && this.queue.length > 0) {
+      this.start(this.queue.shift());
+    }
+    this.maybeExit();
+  }
+
+  maybeExit() {
+    if ((this.inputEnded || this.shuttingDown) && this.tasks.size === 0) {
+      this.finishProcess(this.exitCode);
+    }
+  }
+
+  finishProcess(code) {
+    if (this.exited) return;
+    this.exited = true;
+    this.exit(code);
+  }
+
+  // -- output
+
+  cancelledResponse(task) {
+    return { id: task.id, success: false, error: 'cancelled', error_type: 'Cancelled' };
+  }
+
+  /** The response for a handler's error (with its stack as the traceback). */
+  errorResponse(id, err, traceback = true) {
+    const response = { id, success: false, error: errorMessage(err), error_type: errorType(err) };
+    if (traceback && err instanceof Error && typeof err.stack === 'string') {
+      response.traceback = err.stack;
+    }
+    return response;
+  }
+
+  /** Refuse a request or a frame (the bridge's own verdict: no traceback). */
+  sendError(id, err) {
+    this.send(this.errorResponse(id, err, false));
+  }
+
+  /** Send a response (timestamp added); one that cannot be encoded becomes an error response. */
+  send(message) {
+    if (this.exited) return;
+    const codec = this.codec || this.json;
+    let frame;
+    try {
+      frame = codec.frame(message.type ? message : { ...message, timestamp: timestamp() }, this.maxFrameSize);
+    } catch (err) {
+      if (message.type || message.success === false) {
+        logError('a frame could not be encoded', err);
+        return;
+      }
+      const fallback = this.errorResponse(message.id, err);
+      fallback.error = `the result could not be sent: ${fallback.error}`;
+      fallback.timestamp = timestamp();
+      try {
+        frame = codec.frame(fallback, this.maxFrameSize);
+      } catch (again) {
+        logError('an error response could not be encoded', again);
+        return;
+      }
+    }
+    this.write(frame);
+  }
+
+  write(frame) {
+    if (this.writer.closed) return;
+    try {
+      this.writer.write(frame);
+    } catch (err) {
+      logError('stdout is closed', err);
+      this.finishProcess(this.inputEnded || this.shuttingDown ? 0 : 1);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------ process glue
+
+/** Keep fd 1 for frames: console.* and process.stdout go to stderr from now on. */
+function protectStdout() {
+  const stderr = process.stderr;
+  stderr.on('error', () => {});
+  try {
+    Object.defineProperty(process, 'stdout', { configurable: true, enumerable: true, get: () => stderr });
+  } catch (err) {
+    logError('could not redirect process.stdout', err);
+  }
+  const quiet = new Console({ stdout: stderr, stderr });
+  for (const key of Object.keys(quiet)) {
+    if (typeof quiet[key] === 'function') console[key] = quiet[key];
+  }
+}
+
+/**
+ * Watch the pool's lifeline pipe. At its end (the pool is gone, even SIGKILLed) wait the grace,
+ * then SIGKILL our own process group (when we lead one) or at least ourselves. The watch does
+ * not keep the event loop alive, so a graceful exit is never held up by it.
+ */
+function startLifeline(fdText, graceSeconds) {
+  const fd = Number(fdText);
+  if (!Number.isInteger(fd) || fd < 0) {
+    logError('lifeline', new Error(`SNAKEPIT_LIFELINE_FD=${fdText} is not a file descriptor`));
+    return null;
+  }
+  let fired = false;
+  const fire = () => {
+    if (fired) return;
+    fired = true;
+    const grace = Math.max(0, Number(graceSeconds()) || 0);
+    setTimeout(killOwnGroup, grace * 1000).unref();
+  };
+  let stream;
+  try {
+    stream = new net.Socket({ fd, readable: true, writable: false, allowHalfOpen: true });
+    stream.unref();
+  } catch {
+    // Not a pipe or socket (a file, a tty): read it in the thread pool instead.
+    stream = fs.createReadStream(null, { fd, autoClose: true });
+  }
+  stream.on('data', () => {});
+  stream.on('end', fire);
+  stream.on('close', fire);
+  stream.on('error', fire);
+  return stream;
+}
+
+function killOwnGroup() {
+  try {
+    process.kill(-process.pid, 'SIGKILL');
+  } catch {
+    // ESRCH: we lead no process group.
+  }
+  process.exit(1);
+}
+
+const USAGE = `usage: node snakepit_bridge.js [--mode pool-worker] [--protocol auto|json|msgpack]
+                          [--module FILE] [--max-concurrency N]
+
+The snakepit-trio worker for Node.js: speaks length-prefixed frames on stdin/stdout.
+  --mode pool-worker     the only mode (accepted for Snakepit compatibility)
+  --protocol P           auto (default: expect a negotiation frame), json or msgpack
+  --module FILE          a CommonJS or ES module exporting { commands: { name: fn, ... } }
+  --max-concurrency N    requests run at the same time (default ${DEFAULT_MAX_CONCURRENCY})
+  --version              print the version
+MessagePack needs the optional package ${MSGPACK_PACKAGE}.
+`;
+
+function parseArgs(argv) {
+  const options = { mode: 'pool-worker', protocol: 'auto', module: null, maxConcurrency: DEFAULT_MAX_CONCURRENCY };
+  const takesValue = { '--mode': 'mode', '--protocol': 'protocol', '--module': 'module', '--max-concurrency': 'maxConcurrency' };
+  for (let i = 0; i < argv.length; i++) {
+    let flag = argv[i];
+    let value;
+    const eq = flag.indexOf('=');
+    if (flag.startsWith('--') && eq > 0) {
+      value = flag.slice(eq + 1);
+      flag = flag.slice(0, eq);
+    }
+    if (flag === '--help' || flag === '-h') return { help: true };
+    if (flag === '--version') return { version: true };
+    const key = takesValue[flag];
+    if (!key) throw new Error(`unknown argument ${argv[i]}`);
+    if (value === undefined) {
+      if (i + 1 >= argv.length) throw new Error(`${flag} needs a value`);
+      value = argv[++i];
+    }
+    options[key] = value;
+  }
+  if (options.mode !== 'pool-worker') throw new Error(`unsupported mode ${options.mode}`);
+  if (!['auto', 'json', 'msgpack'].includes(options.protocol)) {
+    throw new Error(`--protocol must be auto, json or msgpack, not ${options.protocol}`);
+  }
+  const limit = Number(options.maxConcurrency);
+  if (!Number.isInteger(limit) || limit < 1) {
+    throw new Error(`--max-concurrency must be a positive integer, not ${options.maxConcurrency}`);
+  }
+  options.maxConcurrency = limit;
+  return options;
+}
+
+async function main(argv = process.argv.slice(2)) {
+  let options;
+  try {
+    options = parseArgs(argv);
+  } catch (err) {
+    process.stderr.write(`snakepit_bridge.js: ${err.message}\n${USAGE}`);
+    process.exit(2);
+  }
+  if (options.help || options.version) {
+    process.stdout.write(options.help ? USAGE : `${BRIDGE_NAME} ${VERSION}\n`);
+    return;
+  }
+  protectStdout();
+  process.on('unhandledRejection', (reason) => logError('unhandled rejection', reason));
+
+  let commands = null;
+  const moduleDir = options.module ? path.dirname(path.resolve(options.module)) : null;
+  const msgpack = loadMsgpack([moduleDir, process.cwd()]);
+  if (options.protocol === 'msgpack' && !msgpack) {
+    process.stderr.write(`snakepit_bridge.js: --protocol msgpack needs the package ${MSGPACK_PACKAGE}\n`);
+    process.exit(2);
+  }
+  if (options.module) {
+    try {
+      commands = await loadUserModule(options.module);
+    } catch (err) {
+      logError(`could not load the module ${options.module}`, err);
+      process.exit(1);
+    }
+  }
+
+  const envGrace = Number(process.env.SNAKEPIT_LIFELINE_GRACE);
+  const bridge = new Bridge({
+    protocol: options.protocol,
+    msgpack,
+    commands,
+    maxConcurrency: options.maxConcurrency,
+    lifelineGrace: Number.isFinite(envGrace) && envGrace >= 0 ? envGrace : DEFAULT_LIFELINE_GRACE,
+  });
+  if (process.env.SNAKEPIT_LIFELINE_FD) {
+    startLifeline(process.env.SNAKEPIT_LIFELINE_FD, () => bridge.lifelineGrace);
+  }
+  const stdin = process.stdin;
+  stdin.on('data', (chunk) => bridge.feed(chunk));
+  stdin.on('end', () => bridge.end());
+  stdin.on('error', (err) => {
+    logError('stdin failed', err);
+    bridge.end();
+  });
+}
+
+module.exports = {
+  VERSION,
+  FEATURES,
+  HEADER_SIZE,
+  DEFAULT_MAX_FRAME_SIZE,
+  ProtocolError,
+  FrameDecoder,
+  FrameWriter,
+  encodeFrame,
+  JsonCodec,
+  MsgpackCodec,
+  loadMsgpack,
+  toWire,
+  collectCommands,
+  loadUserModule,
+  builtinCommands,
+  Bridge,
+  parseArgs,
+  main,
+};
+
+if (require.main === module) {
+  main().catch((err) => {
+    logError('start-up failed', err);
+    process.exit(1);
+  });
+}
