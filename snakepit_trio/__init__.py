@@ -19,6 +19,7 @@ from ._errors import (
     WorkerCrashed,
     WorkerTimeout,
 )
+from ._orphans import OrphanInfo, sweep_orphans
 from ._pool import ChunkStream, Pool, open_pool
 from ._sessions import Session, SessionStore
 from ._telemetry import (
@@ -38,6 +39,7 @@ __all__ = [
     "ChunkStream",
     "CommandError",
     "NodeAdapter",
+    "OrphanInfo",
     "Pool",
     "PoolClosed",
     "PoolConfig",
@@ -64,4 +66,5 @@ __all__ = [
     "__version__",
     "node_bridge_path",
     "open_pool",
+    "sweep_orphans",
 ]
