@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from snakepit_bridge.protocol import codecs, constants
 from snakepit_bridge.protocol.framing import ProtocolError as WireProtocolError
@@ -342,6 +343,7 @@ class Pool:
         stream: bool,
     ) -> tuple[Worker, _Call, bytes, str | None]:
         """Validate and encode at the call site, wait for a worker, register the call."""
+        await anyio.lowlevel.checkpoint_if_cancelled()
         if self._closing:
             raise PoolClosed("the pool is closed")
         if not isinstance(command, str) or not command:
