@@ -6,7 +6,6 @@ import math
 from typing import Any, Literal
 
 import attrs
-
 from snakepit_bridge.protocol.framing import DEFAULT_MAX_FRAME_SIZE
 
 __all__ = ["Affinity", "PoolConfig"]

@@ -14,7 +14,6 @@ import signal
 import time
 
 import attrs
-
 from snakepit_bridge.protocol.constants import ENV_RUN_ID, ENV_WORKER_ID
 
 __all__ = ["OrphanInfo", "kill_orphans", "sweep_orphans"]

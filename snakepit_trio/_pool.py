@@ -21,7 +21,6 @@ from typing import Any, Final
 import anyio
 import anyio.abc
 import anyio.lowlevel
-
 from snakepit_bridge.protocol import codecs, constants
 from snakepit_bridge.protocol.framing import ProtocolError as WireProtocolError
 from snakepit_bridge.protocol.framing import encode_frame
@@ -36,7 +35,6 @@ from ._errors import (
     ProtocolError,
     QueueTimeout,
     SnakepitError,
-    StartupError,
     UnsupportedCommand,
     WorkerTimeout,
 )
@@ -367,9 +365,9 @@ class Pool:
         if worker is None:
             worker = await self._wait_for_worker(prefer, command, deadline)
         if session_id is not None:
-            session = self.sessions.get_session(session_id)
-            if session is not None:
-                session.last_worker_id = worker.id
+            current = self.sessions.get_session(session_id)
+            if current is not None:
+                current.last_worker_id = worker.id
         conn = worker.conn
         assert conn is not None
         if conn.codec.name != codec.name:
@@ -533,11 +531,12 @@ class Pool:
         if not worker.alive:
             return
         config = self.config
-        if config.max_requests is not None and worker.requests >= config.max_requests:
+        if (config.max_requests is not None and worker.requests >= config.max_requests) or (
+            config.max_memory is not None
+            and worker.load == 0
+            and worker.needs_recycling(time.monotonic()) is not None
+        ):
             worker.draining = True
-        elif config.max_memory is not None and worker.load == 0:
-            if worker.needs_recycling(time.monotonic()) is not None:
-                worker.draining = True
         if worker.draining:
             if worker.load == 0:
                 reason = worker.needs_recycling(time.monotonic()) or "recycling"

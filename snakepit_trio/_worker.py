@@ -27,10 +27,9 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import anyio
 import anyio.abc
 import attrs
-
 from snakepit_bridge.protocol import codecs, constants
-from snakepit_bridge.protocol.framing import encode_frame
 from snakepit_bridge.protocol.framing import ProtocolError as WireProtocolError
+from snakepit_bridge.protocol.framing import encode_frame
 from snakepit_bridge.protocol.messages import (
     ClientConnection,
     Heartbeat,

@@ -18,12 +18,11 @@ import anyio
 import pytest
 import trio
 import trio.testing
+from conftest import kill_quietly, pid_alive
 
 import snakepit_trio as sp
 from snakepit_trio._orphans import OrphanInfo, kill_orphans
 from snakepit_trio._process import spawn_worker
-
-from conftest import kill_quietly, pid_alive
 
 HANDLERS = str(Path(__file__).parent / "handlers")
 TESTING = "snakepit_bridge.testing:TestingHandler"
@@ -355,7 +354,7 @@ async def test_restart_storm_trips_the_breaker(tmp_path: Path) -> None:
         with pytest.raises(sp.WorkerCrashed):
             await pool.execute("die")
         with anyio.fail_after(10):
-            while not pool.workers()[0].state == "stopped":
+            while pool.workers()[0].state != "stopped":
                 await anyio.sleep(0.05)
         start = time.monotonic()
         with pytest.raises(sp.StartupError, match="no worker could be started"):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import snakepit_trio as sp
@@ -102,7 +103,7 @@ async def test_callback_forms_and_final_value() -> None:
         async_got: list[Any] = []
 
         async def collect(chunk: Any) -> None:
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             async_got.append(chunk)
 
         await pool.execute_in_session_stream(
