@@ -148,7 +148,9 @@ class Pool:
             max_sessions=config.max_sessions,
             clock=anyio.current_time,
         )
-        self._workers: list[Worker] = [Worker(self, i) for i in range(size)]
+        # An adapter for another transport (gRPC) brings its own Worker subclass.
+        worker_class: type[Worker] = getattr(adapter, "worker_class", Worker)
+        self._workers: list[Worker] = [worker_class(self, i) for i in range(size)]
         self._idle: list[Worker] = []
         self._waiters: deque[_Waiter] = deque()
         self._queued = 0
@@ -368,10 +370,9 @@ class Pool:
             current = self.sessions.get_session(session_id)
             if current is not None:
                 current.last_worker_id = worker.id
-        conn = worker.conn
-        assert conn is not None
-        if conn.codec.name != codec.name:
-            frame = self._encode_request(conn.codec, request_id, command, call_args, stream)
+        worker_codec = worker.codec
+        if worker_codec.name != codec.name:
+            frame = self._encode_request(worker_codec, request_id, command, call_args, stream)
         call = worker.begin(request_id, command, frame, stream)
         return worker, call, frame, session_id
 
@@ -570,7 +571,8 @@ class Pool:
     def _worker_ready(self, worker: Worker) -> None:
         if not self._features:
             self._features = worker.features
-            self._codec = codecs.get_codec(worker.protocol or "json")
+            codec = worker.codec  # a fresh instance for the pool, unless it is not a wire codec
+            self._codec = codecs.get_codec(codec.name) if codec.name in codecs.CODECS else codec
         worker.free = 0
         for _ in range(worker.capacity):
             self._release(worker)
@@ -617,10 +619,8 @@ class Pool:
         if not worker.alive or worker.free < 1:
             return
         self._take(worker)
-        conn = worker.conn
-        assert conn is not None
         request_id = next(self._ids)
-        frame = self._encode_request(conn.codec, request_id, "ping", {}, False)
+        frame = self._encode_request(worker.codec, request_id, "ping", {}, False)
         call = worker.begin(request_id, "ping", frame, False)
         await worker.write(frame)
         with anyio.move_on_after(self.config.health_check_timeout):

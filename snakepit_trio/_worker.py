@@ -502,13 +502,9 @@ class Worker:
 
     async def _run_once(self) -> bool:
         """Run one process from spawn to reap. Returns True if it crashed."""
-        config = self.config
         adapter = self.adapter
         self._reset()
-        env = adapter.environment()
-        env[constants.ENV_RUN_ID] = self.pool.run_id
-        env[constants.ENV_WORKER_ID] = str(self.id)
-        env[constants.ENV_LIFELINE_GRACE] = str(config.shutdown_grace)
+        env = self._environment()
         try:
             proc = spawn_worker(adapter.argv(), env=env, cwd=adapter.cwd)
         except OSError as exc:
@@ -567,12 +563,7 @@ class Worker:
                 self.stop("the pool is closing")
             try:
                 with anyio.fail_after(config.worker_init_timeout):
-                    protocol, features, max_concurrency = await self._negotiate(proc)
-                    conn = ClientConnection(codecs.get_codec(protocol), config.max_frame_size)
-                    self.conn = conn
-                    self.protocol = protocol
-                    self.features = features
-                    await self._init_ping(proc, conn)
+                    max_concurrency = await self._handshake(proc)
             except TimeoutError:
                 self.stop(f"did not become ready within {config.worker_init_timeout} s")
             except _StopWorker as exc:
@@ -582,6 +573,7 @@ class Worker:
                 self.stop(f"protocol error during start-up: {exc}")
             if self._stop_reason is not None:
                 return self._stop_reason
+            protocol, features = self.protocol or "", self.features
             if constants.FEATURE_MULTIPLEX in features:
                 self.capacity = max(1, min(config.max_in_flight, max_concurrency))
             else:
@@ -589,7 +581,7 @@ class Worker:
             try:
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
-                    tg.start_soon(self._read_loop, proc, conn)
+                    self._start_io(tg, proc)
                     self.ready = True
                     self.state = "idle"
                     init_time = time.monotonic() - started
@@ -607,6 +599,39 @@ class Worker:
                 self._tg = None
                 self._stop_scope = None
         return self._stop_reason or "stopped"
+
+    # Transport hooks: a worker speaking another transport (gRPC) overrides these four.
+    def _environment(self) -> dict[str, str]:
+        """The process environment: the adapter's, plus the pool's ``SNAKEPIT_*`` variables."""
+        env = self.adapter.environment()
+        env[constants.ENV_RUN_ID] = self.pool.run_id
+        env[constants.ENV_WORKER_ID] = str(self.id)
+        env[constants.ENV_LIFELINE_GRACE] = str(self.config.shutdown_grace)
+        return env
+
+    async def _handshake(self, proc: WorkerProcess) -> int:
+        """Negotiate and run the init command; set ``conn``, ``protocol`` and ``features``.
+
+        Returns the bridge's ``max_concurrency``. Runs under ``worker_init_timeout``.
+        """
+        protocol, features, max_concurrency = await self._negotiate(proc)
+        conn = ClientConnection(codecs.get_codec(protocol), self.config.max_frame_size)
+        self.conn = conn
+        self.protocol = protocol
+        self.features = features
+        await self._init_ping(proc, conn)
+        return max_concurrency
+
+    def _start_io(self, tg: anyio.abc.TaskGroup, proc: WorkerProcess) -> None:
+        """Start the tasks that carry responses back (for stdio: the stdout reader)."""
+        assert self.conn is not None
+        tg.start_soon(self._read_loop, proc, self.conn)
+
+    @property
+    def codec(self) -> codecs.Codec:
+        """The codec the pool encodes this worker's requests with (at the call site)."""
+        assert self.conn is not None
+        return self.conn.codec
 
     async def _take_down(self, proc: WorkerProcess, reason: str, stderr_done: anyio.Event) -> bool:
         """Ladder the process down, fail what it held. Runs shielded. True if it crashed."""
