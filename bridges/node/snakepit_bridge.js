@@ -834,7 +834,7 @@ class Bridge {
       throw new Error(`protocol ${this.protocol} is not available`);
     }
     this.codec = this.protocol === 'auto' ? null : this.codecs[this.protocol];
-    this.awaitingFirstFrame = this.protocol === 'auto';
+    this.awaitingFirstFrame = true;
     this.decoder = new FrameDecoder(this.maxFrameSize);
     this.commands = collectCommands(builtinCommands(this));
     if (options.commands) {
@@ -932,22 +932,26 @@ class Bridge {
       this.negotiate(message);
       return;
     }
-    // Not a negotiation: be lenient and take it as the first request.
-    if (decodeError !== null && this.codecs.msgpack && looksLikeMsgpackMap(payload)) {
-      this.codec = this.codecs.msgpack;
-      this.onPayload(payload);
-      return;
+    if (this.codec === null) {
+      // Not a negotiation: be lenient and take it as the first request.
+      const packed = decodeError !== null && this.codecs.msgpack && looksLikeMsgpackMap(payload);
+      this.codec = packed ? this.codecs.msgpack : this.json;
     }
-    this.codec = this.json;
-    if (decodeError !== null) this.sendError(null, decodeError);
+    if (this.codec !== this.json) this.onPayload(payload);
+    else if (decodeError !== null) this.sendError(null, decodeError);
     else this.dispatch(message);
   }
 
+  /**
+   * Answer the pool's negotiation (always in JSON). Started with an explicit --protocol, the
+   * bridge still answers a negotiation that comes first, naming the codec it was told to use.
+   */
   negotiate(message) {
     const offered = Array.isArray(message.supported) ? message.supported : ['json'];
     const usable = (name) => offered.includes(name) && Boolean(this.codecs[name]);
     let chosen = 'json';
-    if (typeof message.preferred === 'string' && usable(message.preferred)) chosen = message.preferred;
+    if (this.protocol !== 'auto') chosen = this.protocol;
+    else if (typeof message.preferred === 'string' && usable(message.preferred)) chosen = message.preferred;
     else if (usable('msgpack')) chosen = 'msgpack';
     if (typeof message.grace === 'number' && Number.isFinite(message.grace) && message.grace >= 0) {
       this.lifelineGrace = message.grace;

@@ -680,3 +680,18 @@ def test_es_module(start: Any, tmp_path: Path, bare_bridge: Path) -> None:
     worker = start("--module", str(module), script=bare_bridge, cwd=bare_bridge.parent)
     worker.negotiate()
     assert worker.call("twice", {"x": 21}).result == 42
+
+
+# ----------------------------------------------------------------------------- node's own suite
+
+
+def test_node_test_suite_passes() -> None:
+    """The node:test suites (framing with random chunking, codecs, golden vectors, engine)."""
+    done = subprocess.run(
+        [str(NODE), "--test", str(BRIDGE.parent / "test")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "# fail 0" in done.stdout

@@ -107,6 +107,24 @@ test('a first frame in MessagePack is understood when msgpack is there', { skip:
   assert.equal(response.result.echoed.b.toString(), 'z');
 });
 
+test('with --protocol, a negotiation that comes first is answered with that codec', async () => {
+  const forcedJson = new Harness({ protocol: 'json' });
+  forcedJson.send(negotiation(), json);
+  assert.equal(forcedJson.take(json)[0].protocol, 'json');
+  forcedJson.send({ id: 1, command: 'ping' }, json);
+  assert.equal((await forcedJson.next(1))[0].id, 1);
+  if (!msgpack) return;
+  const forcedPack = new Harness({ protocol: 'msgpack' });
+  forcedPack.send(negotiation({ preferred: 'json' }), json);
+  assert.equal(forcedPack.take(json)[0].protocol, 'msgpack');
+  forcedPack.send({ id: 2, command: 'ping' }, msgpack);
+  assert.equal((await forcedPack.next(1))[0].id, 2);
+  // Without a negotiation the first frame is already a request in that codec.
+  const plain = new Harness({ protocol: 'msgpack' });
+  plain.send({ id: 3, command: 'ping' }, msgpack);
+  assert.equal((await plain.next(1))[0].id, 3);
+});
+
 test('built-in commands answer in the v0.3 shapes', async () => {
   const h = new Harness();
   h.send({ id: 1, command: 'compute', args: { operation: 'add', a: 2, b: 3 } });
