@@ -433,3 +433,43 @@ test('command-line flags', () => {
   assert.throws(() => parseArgs(['--module']), /needs a value/);
   assert.deepEqual(parseArgs(['--help']), { help: true });
 });
+
+test('random garbage never breaks the bridge', async () => {
+  const { seededRandom, randomBytes } = require('../test_support.js');
+  const random = seededRandom(7);
+  const pick = (items) => items[Math.floor(random() * items.length)];
+  const values = [null, true, 0, -1, 2 ** 31, 1.5, '', 'x', [], {}, [1, 'a'], { a: 1 }, Buffer.from('b')];
+  const keys = ['id', 'type', 'command', 'args', 'stream', 'credits', 'session_id', 'seconds'];
+  const types = [undefined, null, 'cancel', 'credit', 'shutdown-ish', 'chunk', 'heartbeat', 5];
+  const commands = ['ping', 'echo', 'compute', 'random', 'sleep', 'ping_stream', 'info', 'nope', 3];
+  const h = new Harness();
+  const warn = process.stderr.write;
+  process.stderr.write = () => true; // the bridge logs every ignored frame
+  try {
+    for (let i = 0; i < 300; i++) {
+      if (random() < 0.2) {
+        h.bridge.feed(encodeFrame(randomBytes(random, Math.floor(random() * 40))));
+        continue;
+      }
+      const message = {};
+      for (const key of keys) if (random() < 0.5) message[key] = pick(values);
+      if (random() < 0.5) message.type = pick(types);
+      if (random() < 0.7) message.command = pick(commands);
+      if (random() < 0.6) message.id = 1000 + i;
+      if (random() < 0.3) message.args = { seconds: 0, count: 2, interval: 0, operation: pick(['add', 'divide', 'sqrt', 9]) };
+      h.send(message);
+    }
+    await h.settle(50);
+    assert.equal(h.exitCode, undefined);
+    h.send({ type: 'credit', id: 0, credits: 1 });
+    for (const task of h.bridge.tasks.values()) h.send({ type: 'cancel', id: task.id });
+    await h.settle(300);
+    assert.equal(h.bridge.tasks.size, 0);
+    h.take();
+    h.send({ id: 1, command: 'ping' });
+    const [response] = await h.next(1);
+    assert.deepEqual([response.id, response.success], [1, true]);
+  } finally {
+    process.stderr.write = warn;
+  }
+});
