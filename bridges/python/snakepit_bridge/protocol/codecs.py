@@ -10,15 +10,32 @@ on decode.
 
 from __future__ import annotations
 
-import base64
-import json
-from typing import Any, Final
-
-import msgpack
-
 from .framing import ProtocolError
 
-__all__ = ["CODECS", "JSON", "MSGPACK", "Codec", "JsonCodec", "MsgpackCodec", "get_codec"]
+# Worker start-up cost matters (see DESIGN.md): keep ``typing``, ``json`` and ``base64`` out of
+# the import path. ``json`` is loaded on first use of a JSON codec, ``base64`` on first bytes.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import json
+    from typing import Any, Final
+
+try:
+    import msgpack
+except ImportError:  # pragma: no cover - a dependency; a bare interpreter still speaks JSON
+    msgpack = None
+
+MSGPACK_AVAILABLE: Final = msgpack is not None
+
+__all__ = [
+    "CODECS",
+    "JSON",
+    "MSGPACK",
+    "MSGPACK_AVAILABLE",
+    "Codec",
+    "JsonCodec",
+    "MsgpackCodec",
+    "get_codec",
+]
 
 BYTES_KEY: Final = "__bytes__"
 
@@ -37,6 +54,8 @@ class Codec:
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray, memoryview)):
+        import base64
+
         return {BYTES_KEY: base64.b64encode(value).decode("ascii")}
     if isinstance(value, (tuple, set, frozenset)):
         return list(value)  # type: ignore[arg-type]
@@ -47,6 +66,8 @@ def _json_object_hook(obj: dict[str, Any]) -> Any:
     if len(obj) == 1 and BYTES_KEY in obj:
         data = obj[BYTES_KEY]
         if isinstance(data, str):
+            import base64
+
             return base64.b64decode(data, validate=True)
     return obj
 
@@ -57,17 +78,27 @@ class JsonCodec(Codec):
     name = "json"
 
     def __init__(self) -> None:
+        # Built on first use, so that importing this module does not import ``json``.
+        self._encoder: json.JSONEncoder | None = None
+        self._decoder: json.JSONDecoder | None = None
+
+    def _load(self) -> tuple[json.JSONEncoder, json.JSONDecoder]:
+        import json
+
         self._encoder = json.JSONEncoder(
             default=_json_default, allow_nan=False, ensure_ascii=False, separators=(",", ":")
         )
         self._decoder = json.JSONDecoder(object_hook=_json_object_hook)
+        return self._encoder, self._decoder
 
     def encode(self, value: Any) -> bytes:
-        return self._encoder.encode(value).encode("utf-8")
+        encoder = self._encoder or self._load()[0]
+        return encoder.encode(value).encode("utf-8")
 
     def decode(self, payload: bytes) -> Any:
+        decoder = self._decoder or self._load()[1]
         try:
-            return self._decoder.decode(payload.decode("utf-8"))
+            return decoder.decode(payload.decode("utf-8"))
         except RecursionError:
             raise ProtocolError("JSON payload is nested too deeply") from None
         except Exception as exc:
@@ -80,17 +111,22 @@ class MsgpackCodec(Codec):
     name = "msgpack"
 
     def __init__(self) -> None:
-        self._packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+        self._packer = msgpack.Packer(use_bin_type=True, autoreset=True) if msgpack else None
 
     def encode(self, value: Any) -> bytes:
+        if self._packer is None:
+            raise ProtocolError("msgpack is not installed")
         try:
-            return self._packer.pack(value)
+            packed: bytes = self._packer.pack(value)
+            return packed
         except Exception:
             # A failed pack leaves the packer's buffer dirty; start over with a fresh one.
             self._packer = msgpack.Packer(use_bin_type=True, autoreset=True)
             raise
 
     def decode(self, payload: bytes) -> Any:
+        if msgpack is None:
+            raise ProtocolError("msgpack is not installed")
         try:
             # unpackb bounds container sizes by the payload length, so a five-byte payload
             # that declares a billion-element array fails at once instead of allocating.
