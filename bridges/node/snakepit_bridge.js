@@ -672,7 +672,126 @@ function builtinCommands(bridge) {
       }
       return { status: 'ok', total: count };
     },
+
+    // The other streaming demos of Snakepit v0.3, with the Python bridge's shapes. Each waits
+    // `delay` seconds (default 0) before a chunk, and stops early when cancelled.
+
+    async *batch_inference(args, ctx) {
+      const items = args.items ?? args.batch_items ?? ['item1', 'item2', 'item3'];
+      if (!Array.isArray(items)) throw new TypeError("'items' must be a list");
+      const delay = numberArg(args, 'delay', 0);
+      for (let i = 0; i < items.length; i++) {
+        if (!(await pause(ctx, delay))) break;
+        yield {
+          item: items[i],
+          index: i,
+          prediction: `class_${i % 3}`,
+          confidence: Math.round((0.85 + 0.05 * (i % 3)) * 100) / 100,
+          progress: (i + 1) / items.length,
+          processed_at: nowSeconds(),
+        };
+      }
+      return { status: 'ok', total_items: items.length };
+    },
+
+    async *process_large_dataset(args, ctx) {
+      const totalRows = countArg(args, 'total_rows', 1000);
+      const chunkSize = Math.max(1, countArg(args, 'chunk_size', 100));
+      const delay = numberArg(args, 'delay', 0);
+      let processed = 0;
+      let chunkNumber = 0;
+      while (processed < totalRows) {
+        if (!(await pause(ctx, delay))) break;
+        const size = Math.min(chunkSize, totalRows - processed);
+        processed += size;
+        chunkNumber += 1;
+        yield {
+          chunk_number: chunkNumber,
+          chunk_size: size,
+          processed_rows: processed,
+          total_rows: totalRows,
+          progress_percent: Math.round((1000 * processed) / totalRows) / 10,
+        };
+      }
+      return { status: 'ok', total_rows: totalRows, chunks: chunkNumber };
+    },
+
+    async *tail_and_analyze(args, ctx) {
+      let lines = args.lines;
+      if (lines === undefined && typeof args.path === 'string') {
+        lines = (await fs.promises.readFile(args.path, 'utf8')).split(/\r?\n/);
+        if (lines.at(-1) === '') lines.pop();
+      }
+      if (lines === undefined || lines === null) lines = SAMPLE_LOG;
+      if (!Array.isArray(lines)) throw new TypeError("'lines' must be a list of strings");
+      const count = countArg(args, 'count', lines.length);
+      const delay = numberArg(args, 'delay', 0);
+      const counts = {};
+      let seen = 0;
+      for (const line of lines.slice(0, count)) {
+        if (!(await pause(ctx, delay))) break;
+        const text = String(line);
+        const severity = severityOf(text);
+        counts[severity] = (counts[severity] || 0) + 1;
+        seen += 1;
+        yield {
+          entry_number: seen,
+          log_entry: text,
+          severity,
+          length: [...text].length,
+          word_count: text.split(/\s+/).filter(Boolean).length,
+          timestamp: nowSeconds(),
+        };
+      }
+      return { status: 'ok', lines: seen, severity_counts: counts };
+    },
+
+    async *distributed_training(args, ctx) {
+      const epochs = countArg(args, 'epochs', 5);
+      const delay = numberArg(args, 'delay', 0);
+      const round4 = (x) => Math.round(x * 10000) / 10000;
+      let valAcc = 0;
+      let done = 0;
+      for (let epoch = 1; epoch <= epochs; epoch++) {
+        if (!(await pause(ctx, delay))) break;
+        valAcc = round4(0.95 - 0.45 / epoch);
+        done = epoch;
+        yield {
+          epoch,
+          total_epochs: epochs,
+          train_loss: round4(1 / epoch),
+          val_loss: round4(1.1 / epoch),
+          val_acc: valAcc,
+          progress: epoch / epochs,
+        };
+      }
+      return {
+        status: 'completed',
+        epochs: done,
+        final_val_acc: valAcc,
+        final_model_path: `/tmp/snakepit_models/model_epoch_${done}.pt`,
+      };
+    },
   };
+}
+
+const SAMPLE_LOG = [
+  'INFO: Application started',
+  'DEBUG: Processing request',
+  'ERROR: Database connection failed',
+  'WARN: High memory usage detected',
+  'INFO: Request completed',
+];
+
+function severityOf(line) {
+  const upper = line.toUpperCase();
+  return ['ERROR', 'WARN', 'DEBUG'].find((level) => upper.includes(level)) || 'INFO';
+}
+
+/** Wait `seconds` (none when 0); false when the request was cancelled. */
+async function pause(ctx, seconds) {
+  if (seconds > 0) return ctx.sleep(seconds);
+  return !ctx.cancelled;
 }
 
 /**

@@ -473,3 +473,34 @@ test('random garbage never breaks the bridge', async () => {
     process.stderr.write = warn;
   }
 });
+
+test("Snakepit's other streaming demos stream and list", async () => {
+  const fs = require('node:fs');
+  const os = require('node:os');
+  const path = require('node:path');
+  const log = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'snakepit-node-')), 'app.log');
+  fs.writeFileSync(log, 'WARN: disk\nall good\nERROR: boom\n');
+  const h = new Harness();
+  h.send({ id: 1, command: 'batch_inference', args: { items: ['a', 'b'] }, stream: true });
+  const batch = await h.next(3);
+  assert.deepEqual(batch.slice(0, 2).map((c) => [c.data.item, c.data.prediction]), [
+    ['a', 'class_0'],
+    ['b', 'class_1'],
+  ]);
+  assert.deepEqual(batch[2].result, { status: 'ok', total_items: 2 });
+  h.send({ id: 2, command: 'process_large_dataset', args: { total_rows: 250, chunk_size: 100 } });
+  const [dataset] = await h.next(1);
+  assert.deepEqual(dataset.result.map((c) => c.processed_rows), [100, 200, 250]);
+  h.send({ id: 3, command: 'tail_and_analyze', args: { path: log }, stream: true });
+  const tail = await h.next(4);
+  assert.deepEqual(tail.slice(0, 3).map((c) => c.data.severity), ['WARN', 'INFO', 'ERROR']);
+  assert.deepEqual(tail[3].result, { status: 'ok', lines: 3, severity_counts: { WARN: 1, INFO: 1, ERROR: 1 } });
+  h.send({ id: 4, command: 'distributed_training', args: { epochs: 2 } });
+  const [training] = await h.next(1);
+  assert.deepEqual(training.result.map((e) => e.val_acc), [0.5, 0.725]);
+  h.send({ id: 5, command: 'distributed_training', args: { epochs: 50, delay: 5 }, stream: true });
+  await h.settle(10);
+  h.send({ type: 'cancel', id: 5 });
+  const [cancelled] = await h.next(1);
+  assert.deepEqual([cancelled.id, cancelled.error_type], [5, 'Cancelled']);
+});
