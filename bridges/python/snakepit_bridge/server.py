@@ -1,0 +1,579 @@
+"""The stdio server: frames in on stdin, frames out on stdout (see docs/protocol.md).
+
+Single-threaded. Requests are pipelined: the pool may send many, they are queued and run one
+at a time in arrival order, in the main thread. While a handler runs, stdin is still read
+(between the chunks of a stream, whenever the handler asks ``ctx.cancelled``, and all along
+for async handlers), so ``cancel``, ``credit`` and ``shutdown`` frames take effect and new
+requests join the queue. Responses of quick requests that arrived together leave in one write.
+
+Exit status: 0 after stdin EOF or a ``shutdown`` frame (once the queued work is done), or when
+stdout is closed; 2 when the input breaks the framing (a frame over the size limit, or EOF
+inside a frame); 143 after SIGTERM (raised as ``SystemExit`` in the handler so its ``finally``
+blocks run).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Generator
+from select import select
+
+from . import _jsonlite, _lifeline
+from .context import Cancelled, RequestContext, bind_context, unbind_context
+from .protocol.codecs import MSGPACK_AVAILABLE, get_codec
+from .protocol.constants import (
+    ALL_FEATURES,
+    CANCEL,
+    CANCELLED_ERROR_TYPE,
+    CHUNK,
+    CREDIT,
+    FEATURE_HEARTBEAT,
+    PROTOCOL_NEGOTIATION,
+    PROTOCOL_SELECTED,
+    SHUTDOWN,
+    UNSUPPORTED_ERROR_TYPE,
+    utc_timestamp,
+)
+from .protocol.framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, ProtocolError, encode_frame
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal as _signal
+    from collections.abc import Callable
+    from types import FrameType, TracebackType
+    from typing import Any, TypeGuard
+
+    from ._async import AsyncRunner
+    from .handler import BaseCommandHandler
+    from .protocol.codecs import Codec
+else:  # ``signal`` wraps ``_signal`` in enums, which cost ~3 ms of start-up
+    import _signal
+
+__all__ = ["DEFAULT_MAX_CONCURRENCY", "FEATURES", "ProtocolHandler"]
+
+FEATURES = sorted(ALL_FEATURES - {FEATURE_HEARTBEAT})  # heartbeats: not sent
+DEFAULT_MAX_CONCURRENCY = 64
+SHUTTING_DOWN_ERROR_TYPE = "ShuttingDown"
+EXIT_OK = 0
+EXIT_FRAMING = 2
+EXIT_SIGTERM = 143
+
+_READ_SIZE = 256 * 1024
+# A command whose last run took less than this is "quick": its response may wait (briefly) to
+# leave in one write with the responses of the requests queued behind it.
+_QUICK = 0.001
+# ctx.cancelled polls stdin at most this often (a select() each time otherwise).
+_POLL_INTERVAL = 0.001
+# After stdin EOF, how long to look for the lifeline closing too (the pool died, not closed).
+_LIFELINE_CHECK = 0.05
+
+
+class _StdoutClosed(SystemExit):
+    """Stdout is gone: nothing can be answered any more. Unwinds the handler (and asyncio)."""
+
+
+class _Terminated(SystemExit):
+    """Raised by the SIGTERM handler."""
+
+
+class _Job:
+    """The request being run."""
+
+    __slots__ = ("credits", "ctx", "seq")
+
+    def __init__(self, ctx: RequestContext, credits: int | None) -> None:
+        self.ctx = ctx
+        self.credits = credits  # None: no limit
+        self.seq = 0
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class ProtocolHandler:
+    """Serves a command handler over stdin/stdout. ``run()`` returns the exit status.
+
+    ``protocol`` is ``"auto"`` (the first frame negotiates the codec), ``"json"`` or
+    ``"msgpack"`` (no negotiation frame is expected).
+    """
+
+    def __init__(
+        self,
+        command_handler: BaseCommandHandler | None = None,
+        protocol: str = "auto",
+        *,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    ) -> None:
+        if command_handler is None:
+            from .handler import load_handler
+
+            command_handler = load_handler(None)
+        if protocol not in ("auto", "json", "msgpack"):
+            raise ValueError(f"protocol must be 'auto', 'json' or 'msgpack', not {protocol!r}")
+        if protocol == "msgpack" and not MSGPACK_AVAILABLE:
+            raise ValueError("protocol 'msgpack' needs the msgpack package")
+        self.command_handler = command_handler
+        self.protocol = protocol
+        self.max_concurrency = max(1, int(max_concurrency))
+        self._codec: Codec | None = None if protocol == "auto" else get_codec(protocol)
+        self._max_frame_size = DEFAULT_MAX_FRAME_SIZE
+        self._decoder = FrameDecoder(self._max_frame_size)
+        self._in = 0
+        self._out = 1
+        self._queue: deque[dict[str, Any]] = deque()
+        self._outbox: list[bytes] = []
+        self._job: _Job | None = None
+        self._async: AsyncRunner | None = None
+        self._durations: dict[str, float] = {}
+        self._last_poll = 0.0
+        self._eof = False
+        self._shutdown = False
+        self._exit_code = EXIT_OK
+
+    # ------------------------------------------------------------------ the main loop
+
+    def run(self) -> int:
+        """Serve until stdin EOF, a shutdown frame or SIGTERM; return the exit status."""
+        self._in, self._out = _claim_stdio()
+        _lifeline.start(os.environ)
+        previous = _signal.signal(_signal.SIGTERM, _on_sigterm)
+        try:
+            try:
+                self._serve()
+            except _StdoutClosed:
+                self._eof = True
+            if self._eof and _lifeline.pool_gone(_LIFELINE_CHECK):
+                # Stdin and the lifeline both closed: the pool died rather than closed us.
+                # Take down what our handlers left in the process group (us included).
+                _lifeline.kill_group("stdin and the lifeline closed")
+        except _Terminated:
+            return EXIT_SIGTERM
+        finally:
+            _signal.signal(_signal.SIGTERM, previous)
+            if self._async is not None:
+                self._async.close()
+        return self._exit_code
+
+    def _serve(self) -> None:
+        while True:
+            if self._queue:
+                self._poll_input()  # a cancel for a queued request may be waiting
+                if self._queue:
+                    self._run_next()
+            elif self._eof or self._shutdown:
+                break
+            else:
+                self._flush()
+                self._read(block=True)
+        self._flush()
+
+    # ------------------------------------------------------------------ input
+
+    def _read(self, block: bool) -> bool:
+        """Read what stdin has and handle its frames; False once stdin is at its end."""
+        if self._eof:
+            return False
+        if not block and not select([self._in], [], [], 0)[0]:
+            return True
+        try:
+            data = os.read(self._in, _READ_SIZE)
+        except OSError:
+            data = b""
+        if not data:
+            self._eof = True
+            try:
+                self._decoder.check_eof()
+            except ProtocolError as exc:
+                self._broken(exc)
+            return False
+        try:
+            payloads = self._decoder.feed(data)
+        except ProtocolError as exc:
+            self._broken(exc)
+            return False
+        for payload in payloads:
+            self._on_payload(payload)
+        return True
+
+    def _poll_input(self) -> None:
+        """Handle the input that is waiting, if any; rate-limited to one select() per ms."""
+        now = time.monotonic()
+        if now - self._last_poll >= _POLL_INTERVAL:
+            self._last_poll = now
+            self._read(block=False)
+            self._flush()
+
+    def _poll(self, ctx: RequestContext) -> bool:
+        """What ``ctx.cancelled`` asks: handle waiting input, then say if ``ctx`` is cancelled."""
+        self._poll_input()
+        return ctx._cancelled
+
+    def _on_readable(self) -> bool:
+        """The async loop saw stdin readable."""
+        alive = self._read(block=False)
+        self._flush()
+        return alive
+
+    def _broken(self, exc: ProtocolError) -> None:
+        _log(f"broken input framing, exiting: {exc}")
+        self._eof = True
+        self._exit_code = EXIT_FRAMING
+        self._queue.clear()
+        if self._job is not None:
+            self._cancel_job()
+
+    def _on_payload(self, payload: bytes) -> None:
+        codec = self._codec
+        if codec is None:
+            self._negotiate(payload)
+            return
+        try:
+            message = codec.decode(payload)
+        except ProtocolError as exc:
+            self._send(_failure(None, str(exc), "ProtocolError"))
+            return
+        if not isinstance(message, dict):
+            self._send(
+                _failure(None, f"message is a {type(message).__name__}, not a map", "ProtocolError")
+            )
+            return
+        kind = message.get("type")
+        if kind is None:
+            self._on_request(message)
+        elif kind == CANCEL:
+            self._on_cancel(message.get("id"))
+        elif kind == CREDIT:
+            self._on_credit(message.get("id"), message.get("credits"))
+        elif kind == SHUTDOWN:
+            self._shutdown = True
+        else:
+            _log(f"ignoring a frame of unknown type {kind!r}")
+
+    def _on_request(self, message: dict[str, Any]) -> None:
+        request_id = message.get("id")
+        if not _is_int(request_id):
+            self._send(_failure(None, "request has no integer 'id'", "ProtocolError"))
+        elif self._shutdown:
+            self._send(
+                _failure(request_id, "the worker is shutting down", SHUTTING_DOWN_ERROR_TYPE)
+            )
+        else:
+            self._queue.append(message)
+
+    def _on_cancel(self, request_id: object) -> None:
+        job = self._job
+        if job is not None and job.ctx.id == request_id:
+            self._cancel_job()
+            return
+        for message in self._queue:
+            if message["id"] == request_id:
+                self._queue.remove(message)
+                self._send(_cancelled(request_id))
+                return
+        # Not in flight (already answered, or never seen): nothing to do.
+
+    def _cancel_job(self) -> None:
+        assert self._job is not None
+        self._job.ctx.cancel()
+        if self._async is not None:
+            self._async.cancel()
+
+    def _on_credit(self, request_id: object, credits: object) -> None:
+        if not _is_int(credits):
+            return
+        job = self._job
+        if job is not None and job.ctx.id == request_id:
+            if job.credits is not None:
+                job.credits += credits
+            return
+        for message in self._queue:
+            if message["id"] == request_id and _is_int(message.get("credits")):
+                message["credits"] += credits
+                return
+
+    # ------------------------------------------------------------------ negotiation
+
+    def _negotiate(self, payload: bytes) -> None:
+        message = _jsonlite.loads(payload)
+        if not isinstance(message, dict) or message.get("type") != PROTOCOL_NEGOTIATION:
+            # Not a negotiation: be lenient and take the peer for a plain JSON client.
+            self._codec = get_codec("json")
+            self._on_payload(payload)
+            return
+        protocol = _choose_protocol(message.get("supported"), message.get("preferred"))
+        grace = message.get("grace")
+        if isinstance(grace, (int, float)) and not isinstance(grace, bool):
+            _lifeline.set_grace(float(grace))
+        max_frame_size = message.get("max_frame_size")
+        if (
+            _is_int(max_frame_size)
+            and 0 < max_frame_size <= 0xFFFFFFFF
+            and not self._decoder.buffered
+        ):
+            self._max_frame_size = max_frame_size
+            self._decoder = FrameDecoder(max_frame_size)
+        reply = {
+            "type": PROTOCOL_SELECTED,
+            "protocol": protocol,
+            "features": FEATURES,
+            "max_concurrency": self.max_concurrency,
+            "info": self._info(),
+        }
+        self._outbox.append(encode_frame(_jsonlite.dumps(reply), self._max_frame_size))
+        self._flush()
+        self._codec = get_codec(protocol)
+
+    def _info(self) -> dict[str, Any]:
+        from . import __version__
+
+        handler = type(self.command_handler)
+        return {
+            "bridge": "snakepit_bridge",
+            "version": __version__,
+            "language": "python",
+            "pid": os.getpid(),
+            "python": sys.version.split()[0],
+            "handler": f"{handler.__module__}:{handler.__qualname__}",
+            "commands": self.command_handler.get_supported_commands(),
+        }
+
+    # ------------------------------------------------------------------ running requests
+
+    def _run_next(self) -> None:
+        message = self._queue.popleft()
+        request_id: int = message["id"]
+        command = message.get("command")
+        args = message.get("args")
+        if args is None:
+            args = {}
+        function = self.command_handler.get_command(command) if isinstance(command, str) else None
+        if not isinstance(command, str):
+            self._send(_failure(request_id, "request has no 'command' string", "ProtocolError"))
+        elif not isinstance(args, dict):
+            self._send(_failure(request_id, "request 'args' is not a map", "ProtocolError"))
+        elif function is None:
+            self._send(_failure(request_id, f"Unknown command: {command}", UNSUPPORTED_ERROR_TYPE))
+        else:
+            stream = message.get("stream") is True
+            credits = message.get("credits") if stream and _is_int(message.get("credits")) else None
+            if self._outbox and (stream or self._durations.get(command, 1.0) >= _QUICK):
+                self._flush()  # do not hold finished responses back behind a slow request
+            self._send(self._execute(request_id, command, args, function, stream, credits))
+
+    def _execute(
+        self,
+        request_id: int,
+        command: str,
+        args: dict[str, Any],
+        function: Callable[[dict[str, Any]], Any],
+        stream: bool,
+        credits: int | None,
+    ) -> dict[str, Any]:
+        """Run one request; return its terminal response."""
+        ctx = RequestContext(request_id, command, args, stream=stream)
+        ctx._poll = lambda: self._poll(ctx)
+        job = self._job = _Job(ctx, credits)
+        token = bind_context(ctx)
+        started = time.monotonic()
+        self.command_handler.request_count += 1
+        try:
+            result = self._call(job, function, args)
+        except Cancelled:
+            return _cancelled(request_id)
+        except Exception as exc:
+            return _error(request_id, exc)
+        finally:
+            unbind_context(token)
+            self._job = None
+            self._durations[command] = time.monotonic() - started
+        return {"id": request_id, "success": True, "result": result, "timestamp": utc_timestamp()}
+
+    def _call(
+        self, job: _Job, function: Callable[[dict[str, Any]], Any], args: dict[str, Any]
+    ) -> Any:
+        value = function(args)
+        if isinstance(value, (Generator, AsyncGenerator)):
+            if job.ctx.stream:
+                return self._drain(job, value, lambda item: self._send_chunk(job, item))
+            items: list[Any] = []
+            self._drain(job, value, items.append)
+            return items
+        if isinstance(value, Awaitable):
+            value = self._runner().run(value)
+        if job.ctx.stream:
+            self._before_item(job)
+            self._send_chunk(job, value)
+            return None
+        return value
+
+    def _drain(
+        self,
+        job: _Job,
+        source: Generator[Any, Any, Any] | AsyncGenerator[Any, Any],
+        emit: Callable[[Any], object],
+    ) -> Any:
+        """Pass each value of a (sync or async) generator to ``emit``; return its return value.
+
+        Waits for credit before asking for each value, so a stream never runs ahead of its
+        credit; on any exit but exhaustion the generator is closed (its ``finally`` runs).
+        """
+        try:
+            while True:
+                self._before_item(job)
+                if isinstance(source, Generator):
+                    try:
+                        item = next(source)
+                    except StopIteration as stop:
+                        return stop.value
+                else:
+                    try:
+                        item = self._runner().anext(source)
+                    except StopAsyncIteration:
+                        return None
+                emit(item)
+        except BaseException:
+            self._close(source)
+            raise
+
+    def _close(self, source: Generator[Any, Any, Any] | AsyncGenerator[Any, Any]) -> None:
+        try:
+            if isinstance(source, Generator):
+                source.close()
+            else:
+                self._runner().aclose(source)
+        except (Exception, Cancelled) as exc:
+            _log(f"error while closing the generator of a stream: {exc!r}")
+
+    def _before_item(self, job: _Job) -> None:
+        """Raise Cancelled if the request was cancelled; wait while the stream has no credit."""
+        job.ctx.check_cancelled()
+        while job.credits is not None and job.credits <= 0:
+            if self._eof:
+                raise Cancelled("stdin closed while the stream waited for credit")
+            self._flush()
+            self._read(block=True)
+            if job.ctx._cancelled:
+                raise Cancelled(f"request {job.ctx.id} was cancelled")
+
+    def _runner(self) -> AsyncRunner:
+        if self._async is None:
+            from ._async import AsyncRunner
+
+            self._async = AsyncRunner(self._in, self._on_readable)
+        return self._async
+
+    # ------------------------------------------------------------------ output
+
+    def _send_chunk(self, job: _Job, item: Any) -> None:
+        assert self._codec is not None
+        chunk = {"type": CHUNK, "id": job.ctx.id, "seq": job.seq, "data": item}
+        self._outbox.append(encode_frame(self._codec.encode(chunk), self._max_frame_size))
+        job.seq += 1
+        if job.credits is not None:
+            job.credits -= 1
+        self._flush()
+
+    def _send(self, message: dict[str, Any]) -> None:
+        """Queue a response for the next write (replaced by an error if it cannot be sent)."""
+        codec = self._codec
+        assert codec is not None
+        try:
+            frame = encode_frame(codec.encode(message), self._max_frame_size)
+        except Exception as exc:
+            frame = encode_frame(
+                codec.encode(
+                    _failure(
+                        message.get("id"), f"cannot send the result: {exc}", type(exc).__name__
+                    )
+                )
+            )
+        self._outbox.append(frame)
+
+    def _flush(self) -> None:
+        outbox = self._outbox
+        if not outbox:
+            return
+        data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+        outbox.clear()
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._out, view) :]
+        except OSError:
+            self._eof = True
+            self._queue.clear()
+            raise _StdoutClosed() from None
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _claim_stdio() -> tuple[int, int]:
+    """Move stdin and stdout aside for frames; point fd 0 at /dev/null and fd 1 at stderr.
+
+    Then ``print()`` and child processes cannot write into the frame stream, nor read from it.
+    """
+    frames_in = os.dup(0)
+    frames_out = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return frames_in, frames_out
+
+
+def _choose_protocol(supported: object, preferred: object) -> str:
+    offered = [p for p in supported if isinstance(p, str)] if isinstance(supported, list) else []
+    usable = {"json", "msgpack"} if MSGPACK_AVAILABLE else {"json"}
+    if preferred in offered and preferred in usable:
+        return str(preferred)
+    if "msgpack" in offered and "msgpack" in usable:
+        return "msgpack"
+    return "json"
+
+
+def _failure(request_id: object, error: str, error_type: str) -> dict[str, Any]:
+    return {
+        "id": request_id,
+        "success": False,
+        "error": error,
+        "error_type": error_type,
+        "timestamp": utc_timestamp(),
+    }
+
+
+def _cancelled(request_id: object) -> dict[str, Any]:
+    return _failure(request_id, "cancelled", CANCELLED_ERROR_TYPE)
+
+
+def _error(request_id: object, exc: BaseException) -> dict[str, Any]:
+    response = _failure(request_id, str(exc) or type(exc).__name__, type(exc).__name__)
+    response["traceback"] = _format_traceback(exc)
+    return response
+
+
+def _format_traceback(exc: BaseException) -> str:
+    """The traceback from the handler down, without this module's frames on top."""
+    import traceback
+
+    tb: TracebackType | None = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)  # a second SIGTERM kills at once
+    raise _Terminated(EXIT_SIGTERM)
+
+
+def _log(message: str) -> None:
+    try:
+        os.write(2, f"snakepit_bridge[{os.getpid()}]: {message}\n".encode())
+    except OSError:
+        pass
