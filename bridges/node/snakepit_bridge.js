@@ -877,6 +877,15 @@ function logError(what, err) {
   }
 }
 
+/** One line on stderr. */
+function warn(message) {
+  try {
+    process.stderr.write(`[snakepit_bridge.js] ${message}\n`);
+  } catch {
+    // stderr is gone too
+  }
+}
+
 function timestamp() {
   return new Date().toISOString();
 }
@@ -1007,7 +1016,7 @@ class Bridge {
     try {
       this.decoder.checkEof();
     } catch (err) {
-      logError('input ended badly', err);
+      warn(`input ended badly: ${errorMessage(err)}`);
       this.exitCode = 1;
     }
     // No credit frame can come any more: a stream waiting for one could never end.
@@ -1018,7 +1027,7 @@ class Bridge {
   }
 
   fatal(err) {
-    logError('unrecoverable input', err);
+    warn(`unrecoverable input, stopping: ${errorMessage(err)}`);
     this.send({ id: null, success: false, error: errorMessage(err), error_type: errorType(err) });
     this.finishProcess(1);
   }
@@ -1130,11 +1139,11 @@ class Bridge {
         this.maybeExit();
         return;
       case 'protocol_negotiation':
-        logError('ignored', new ProtocolError('a negotiation frame after the first frame'));
+        warn('ignored a negotiation frame after the first frame');
         return;
       default:
         // A frame type from a newer pool: ignoring it keeps the connection alive.
-        logError('ignored', new ProtocolError(`a frame of unknown type ${JSON.stringify(message.type)}`));
+        warn(`ignored a frame of unknown type ${JSON.stringify(message.type)}`);
     }
   }
 
@@ -1270,7 +1279,7 @@ class Bridge {
       return;
     }
     task.cancelTimer = setTimeout(() => {
-      logError('cancel', new Error(`request ${task.id} did not stop in time; confirmed anyway`));
+      warn(`request ${task.id} did not stop within ${CANCEL_CONFIRM_MS} ms of its cancel; confirmed anyway`);
       this.finish(task, this.cancelledResponse(task));
     }, CANCEL_CONFIRM_MS);
   }
@@ -1350,7 +1359,7 @@ class Bridge {
     try {
       this.writer.write(frame);
     } catch (err) {
-      logError('stdout is closed', err);
+      warn(`stdout is closed (${err.code || errorMessage(err)}), stopping`);
       this.finishProcess(this.inputEnded || this.shuttingDown ? 0 : 1);
     }
   }
@@ -1381,7 +1390,20 @@ function protectStdout() {
 function startLifeline(fdText, graceSeconds) {
   const fd = Number(fdText);
   if (!Number.isInteger(fd) || fd < 0) {
-    logError('lifeline', new Error(`SNAKEPIT_LIFELINE_FD=${fdText} is not a file descriptor`));
+    warn(`no lifeline: SNAKEPIT_LIFELINE_FD=${fdText} is not a file descriptor`);
+    return null;
+  }
+  let kind;
+  try {
+    const stat = fs.fstatSync(fd);
+    kind = stat.isFIFO() ? 'pipe' : stat.isSocket() ? 'socket' : 'other';
+  } catch (err) {
+    // A variable inherited from elsewhere, without its pipe: no lifeline rather than a kill.
+    warn(`no lifeline: SNAKEPIT_LIFELINE_FD=${fdText} is not open (${err.code || err.message})`);
+    return null;
+  }
+  if (kind === 'other') {
+    warn(`no lifeline: SNAKEPIT_LIFELINE_FD=${fdText} is not a pipe`);
     return null;
   }
   let fired = false;
@@ -1391,14 +1413,8 @@ function startLifeline(fdText, graceSeconds) {
     const grace = Math.max(0, Number(graceSeconds()) || 0);
     setTimeout(killOwnGroup, grace * 1000).unref();
   };
-  let stream;
-  try {
-    stream = new net.Socket({ fd, readable: true, writable: false, allowHalfOpen: true });
-    stream.unref();
-  } catch {
-    // Not a pipe or socket (a file, a tty): read it in the thread pool instead.
-    stream = fs.createReadStream(null, { fd, autoClose: true });
-  }
+  const stream = new net.Socket({ fd, readable: true, writable: false, allowHalfOpen: true });
+  stream.unref();
   stream.on('data', () => {});
   stream.on('end', fire);
   stream.on('close', fire);

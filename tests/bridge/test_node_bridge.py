@@ -638,6 +638,20 @@ def test_lifeline_does_not_hold_a_graceful_exit(
         os.close(write_end)
 
 
+def test_a_stale_lifeline_variable_is_ignored(start: Any, bare_bridge: Path) -> None:
+    # The variable names no open pipe (inherited from elsewhere): no lifeline, and no kill.
+    worker = start(
+        script=bare_bridge,
+        cwd=bare_bridge.parent,
+        env={"SNAKEPIT_LIFELINE_FD": "97", "SNAKEPIT_LIFELINE_GRACE": "0"},
+    )
+    worker.negotiate()
+    assert worker.call("ping").success
+    worker.close_stdin()
+    assert worker.wait() == 0
+    assert "no lifeline" in worker.stderr
+
+
 # ----------------------------------------------------------------------------- user modules
 
 
