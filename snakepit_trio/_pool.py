@@ -7,9 +7,11 @@ Everything here runs in the event loop's thread; nothing in it blocks.
 
 from __future__ import annotations
 
+import heapq
 import inspect
 import itertools
 import logging
+import math
 import os
 import secrets
 import time
@@ -39,7 +41,7 @@ from ._errors import (
     WorkerTimeout,
 )
 from ._sessions import SessionStore, validate_session_id
-from ._worker import Worker, WorkerInfo, _Call, startup_failure
+from ._worker import Waitable, Worker, WorkerInfo, _Call, native_event_class, startup_failure
 
 __all__ = ["ChunkStream", "Pool", "open_pool"]
 
@@ -130,7 +132,7 @@ class ChunkStream:
                     raise _response_error(response)
                 self.result = response.result
                 raise StopAsyncIteration
-            call.chunk_event = anyio.Event()
+            call.chunk_event = self._worker.pool._new_event()
             await call.chunk_event.wait()
 
 
@@ -161,6 +163,11 @@ class Pool:
         self._codec: codecs.Codec = codecs.get_codec("json")
         self._features: frozenset[str] = frozenset()
         self._tg: anyio.abc.TaskGroup | None = None
+        self._new_event: Callable[[], Waitable] = anyio.Event
+        # Deadlines of calls in flight: one watcher task instead of a cancel scope per call.
+        self._deadlines: list[tuple[float, int, _Call]] = []
+        self._deadline_target = math.inf
+        self._deadline_wakeup: Waitable = anyio.Event()
 
     def __repr__(self) -> str:
         return f"<Pool {self.adapter.name} size={self.size} run_id={self.run_id}>"
@@ -391,19 +398,18 @@ class Pool:
         worker, call, frame, session = await self._dispatch(
             command, args, session_id, deadline, stream=False
         )
+        self._arm_deadline(call, deadline)
         try:
             await worker.write(frame)
-            with anyio.move_on_at(deadline):
-                await call.event.wait()
+            await call.event.wait()
         except BaseException:
-            if not call.done:
+            if not call.done and not call.timed_out:
                 worker.abandon(call, f"request {command!r} was cancelled")
                 self._record(call, worker, "cancelled", session)
                 raise
             # Cancelled just as the answer arrived: the answer wins; the cancel stays pending
-            # and is delivered at the next checkpoint of the caller.
-        if not call.done:
-            worker.abandon(call, f"request {command!r} timed out after {timeout} s")
+            # and is delivered at the caller's next checkpoint.
+        if call.timed_out:
             self._record(call, worker, "timeout", session)
             raise WorkerTimeout(f"{command!r} did not finish within {timeout} s")
         if call.error is not None:
@@ -416,6 +422,35 @@ class Pool:
             return self.adapter.process_response(command, response.result)
         self._record(call, worker, "error", session)
         raise _response_error(response)
+
+    def _arm_deadline(self, call: _Call, deadline: float) -> None:
+        """Have the watcher time ``call`` out at ``deadline`` (no cancel scope per call)."""
+        call.deadline = deadline
+        heap = self._deadlines
+        # Calls finish roughly in deadline order, so finished ones are usually on top.
+        while heap and heap[0][2].done:
+            heapq.heappop(heap)
+        heapq.heappush(heap, (deadline, call.id, call))
+        if len(heap) > 4096 and len(heap) > 4 * (self._queued + sum(w.load for w in self._workers)):
+            self._deadlines = heap = [entry for entry in heap if not entry[2].done]
+            heapq.heapify(heap)
+        if deadline < self._deadline_target:
+            self._deadline_wakeup.set()
+
+    async def _deadline_loop(self) -> None:
+        while True:
+            heap = self._deadlines
+            now = anyio.current_time()
+            while heap and (heap[0][2].done or heap[0][0] <= now):
+                call = heapq.heappop(heap)[2]
+                if not call.done and not call.timed_out and not call.abandoned:
+                    call.timed_out = True
+                    call.worker.abandon(call, f"request {call.command!r} timed out")
+                    call.event.set()
+            self._deadline_target = heap[0][0] if heap else math.inf
+            self._deadline_wakeup = wakeup = self._new_event()
+            with anyio.move_on_at(self._deadline_target):
+                await wakeup.wait()
 
     def _record(self, call: _Call, worker: Worker, outcome: tm.Outcome, session: str | None) -> None:
         s = self._stats
@@ -640,6 +675,9 @@ class Pool:
     # ------------------------------------------------------------------ lifecycle
     async def _start(self, tg: anyio.abc.TaskGroup) -> None:
         self._tg = tg
+        self._new_event = native_event_class()
+        self._deadline_wakeup = self._new_event()
+        tg.start_soon(self._deadline_loop)
         for worker in self._workers:
             tg.start_soon(worker.run)
         tg.start_soon(self._health_loop)
