@@ -216,6 +216,12 @@ def test_negotiation_selects_msgpack_and_announces_features(start: Any) -> None:
     assert {"ping", "echo", "compute", "info", "crash", "count_stream"} <= set(info["commands"])
 
 
+def test_start_up_imports_stay_light(start: Any) -> None:
+    heavy = ["trio", "anyio", "attrs", "asyncio", "typing", "json", "inspect", "dataclasses"]
+    bridge = start()  # negotiated msgpack: not even json is needed
+    assert bridge.result("loaded_modules", {"names": heavy}) == []
+
+
 def test_negotiation_with_a_json_only_offer(start: Any) -> None:
     bridge = start("--max-concurrency", "8", offer=("json",))
     assert bridge.selected.protocol == "json"

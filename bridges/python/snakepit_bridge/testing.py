@@ -17,6 +17,7 @@ precise way:
 ``count_stream``   yields ``{"i": i}`` for ``count`` items, recording in the JSON file
                    ``record_path`` how many it produced and whether its ``finally`` ran
 ``getpid``         ``{"pid": ..., "pgid": ..., "ppid": ...}``
+``loaded_modules`` which of the module ``names`` are imported (start-up weight checks)
 ``async_sleep``    ``await asyncio.sleep(seconds)`` (cancellable); ``{"slept": seconds}``
 ``async_stream``   async generator of ``{"i": i}`` for ``count`` items, ``delay`` apart
 =================  ======================================================================
@@ -72,6 +73,7 @@ class TestingHandler(GenericCommandHandler):
             "block",
             "count_stream",
             "getpid",
+            "loaded_modules",
             "async_sleep",
             "async_stream",
         ):
@@ -143,6 +145,9 @@ class TestingHandler(GenericCommandHandler):
 
     def handle_getpid(self, args: dict[str, Any]) -> dict[str, int]:
         return {"pid": os.getpid(), "pgid": os.getpgrp(), "ppid": os.getppid()}
+
+    def handle_loaded_modules(self, args: dict[str, Any]) -> list[str]:
+        return [name for name in args.get("names", []) if name in sys.modules]
 
     async def handle_async_sleep(self, args: dict[str, Any]) -> dict[str, Any]:
         import asyncio
