@@ -696,6 +696,39 @@ def test_es_module(start: Any, tmp_path: Path, bare_bridge: Path) -> None:
     assert worker.call("twice", {"x": 21}).result == 42
 
 
+# ----------------------------------------------------------------------------- with the pool
+
+
+def test_through_the_pool() -> None:
+    """End to end through the public API: sp.NodeAdapter with the example module."""
+    trio = pytest.importorskip("trio")
+    sp = pytest.importorskip("snakepit_trio")
+
+    async def main() -> None:
+        with trio.fail_after(20):
+            async with sp.open_pool(sp.NodeAdapter(EXAMPLE), size=2) as pool:
+                added = await pool.execute("compute", {"operation": "add", "a": 2, "b": 3})
+                assert added["result"] == 5
+                assert (await pool.execute("digest", {"data": b"abc"}))["size"] == 3
+                with pytest.raises(sp.CommandError) as caught:
+                    await pool.execute("compute", {"operation": "divide", "a": 1, "b": 0})
+                assert caught.value.error_type == "ZeroDivisionError"
+                seen = []
+                async with pool.stream("countdown", {"from": 50, "interval": 0.01}) as chunks:
+                    async for chunk in chunks:
+                        seen.append(chunk["n"])
+                        if len(seen) == 3:
+                            break
+                assert seen == [50, 49, 48]
+                async with trio.open_nursery() as nursery:
+                    for _ in range(6):
+                        nursery.start_soon(pool.execute, "sleep", {"seconds": 0.1})
+                stats = pool.stats()
+                assert stats["workers"] == 2 and stats["errors"] == 1
+
+    trio.run(main)
+
+
 # ----------------------------------------------------------------------------- node's own suite
 
 
