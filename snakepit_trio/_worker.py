@@ -377,30 +377,70 @@ class Worker:
             return
         self.last_heartbeat = time.monotonic()
 
-    async def _read_loop(self, proc: WorkerProcess, conn: ClientConnection) -> None:
-        fd = proc.stdout_fd
-        read = os.read
-        route = self._route
+    def _on_data(self, conn: ClientConnection, data: bytes) -> bool:
+        """Route what the worker wrote. Returns False once the stream is over or broken."""
+        if not data:
+            self._eof = True
+            conn.receive_eof()
+            self.stop("the worker closed its stdout")
+            return False
         try:
-            while True:
-                await anyio.wait_readable(fd)
-                try:
-                    data = read(fd, _READ_SIZE)
-                except BlockingIOError:
-                    continue
-                if not data:
-                    self._eof = True
-                    conn.receive_eof()
-                    self.stop("the worker closed its stdout")
-                    return
-                for event in conn.receive_data(data):
-                    route(event)
+            for event in conn.receive_data(data):
+                self._route(event)
         except WireProtocolError as exc:
             self._protocol_error = exc
             self.stop(f"protocol error: {exc}")
+            return False
         except (KeyError, AssertionError) as exc:  # pragma: no cover - defensive
             self._protocol_error = WireProtocolError(f"internal routing error: {exc!r}")
             self.stop(str(self._protocol_error))
+            return False
+        return True
+
+    async def _read_loop(self, proc: WorkerProcess, conn: ClientConnection) -> None:
+        """The reader on trio: one ``wait_readable`` and one ``os.read`` per batch of frames."""
+        fd = proc.stdout_fd
+        read = os.read
+        on_data = self._on_data
+        while True:
+            await anyio.wait_readable(fd)
+            try:
+                data = read(fd, _READ_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not on_data(conn, data):
+                return
+
+    async def _read_loop_asyncio(self, proc: WorkerProcess, conn: ClientConnection) -> None:
+        """The reader on asyncio: one persistent ``add_reader`` callback routes each batch.
+
+        This saves a task switch and a reader registration per read; the task only keeps
+        the callback's lifetime inside the worker's task group.
+        """
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        fd = proc.stdout_fd
+        over = asyncio.Event()
+
+        def on_readable() -> None:
+            try:
+                data = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not self._on_data(conn, data):
+                loop.remove_reader(fd)
+                over.set()
+
+        loop.add_reader(fd, on_readable)
+        try:
+            await over.wait()
+        finally:
+            loop.remove_reader(fd)
 
     async def _drain_stderr(self, proc: WorkerProcess, done: anyio.Event) -> None:
         """Always read stderr (a full pipe would block the worker); keep a bounded tail."""
@@ -669,7 +709,10 @@ class Worker:
     def _start_io(self, tg: anyio.abc.TaskGroup, proc: WorkerProcess) -> None:
         """Start the tasks that carry responses back (for stdio: the stdout reader)."""
         assert self.conn is not None
-        tg.start_soon(self._read_loop, proc, self.conn)
+        if sniffio.current_async_library() == "asyncio":
+            tg.start_soon(self._read_loop_asyncio, proc, self.conn)
+        else:
+            tg.start_soon(self._read_loop, proc, self.conn)
 
     @property
     def codec(self) -> codecs.Codec:
