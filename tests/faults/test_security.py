@@ -83,6 +83,18 @@ async def test_environment_is_explicit_without_inheritance(
     assert env["SNAKEPIT_WORKER_ID"] == "0"
 
 
+async def test_worker_inherits_no_file_descriptors_but_its_pipes_and_lifeline(
+    kit: FaultKit, tmp_path: Path
+) -> None:
+    with (tmp_path / "parent-secret").open("w") as parent_file:  # open in the parent
+        assert not os.get_inheritable(parent_file.fileno())
+        os.set_inheritable(parent_file.fileno(), True)  # even an inheritable one stays out
+        with anyio.fail_after(BOUND):
+            async with sp.open_pool(kit.adapter(), size=1, config=FAULT_CONFIG) as pool:
+                seen = await pool.execute("whoami")
+    assert seen["fds"] == sorted({0, 1, 2, int(seen["lifeline_fd"])})
+
+
 async def test_environment_is_merged_over_the_parents_by_default(
     kit: FaultKit, monkeypatch: pytest.MonkeyPatch
 ) -> None:

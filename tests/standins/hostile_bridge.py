@@ -212,16 +212,32 @@ class Bridge:
                     self.flood.join()
                 self.respond(request_id, self.flooded)
             elif command == "whoami":
-                self.respond(
-                    request_id,
-                    {
-                        "pid": os.getpid(),
-                        "argv": sys.argv,
-                        "worker": os.environ.get("SNAKEPIT_WORKER_ID"),
-                    },
-                )
+                self.respond(request_id, whoami())
             else:
                 self.respond(request_id, {"status": "ok", "command": command, "args": args})
+
+
+def whoami() -> dict[str, Any]:
+    return {
+        "pid": os.getpid(),
+        "argv": sys.argv,
+        "worker": os.environ.get("SNAKEPIT_WORKER_ID"),
+        "lifeline_fd": os.environ.get("SNAKEPIT_LIFELINE_FD"),
+        "fds": open_fds(),
+    }
+
+
+def open_fds() -> list[int]:
+    """The file descriptors open in this process (without the one listing them)."""
+    listed = [int(name) for name in os.listdir("/proc/self/fd")]
+    still_open = []
+    for fd in listed:
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        still_open.append(fd)
+    return sorted(still_open)
 
 
 def main() -> None:
