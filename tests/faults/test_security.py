@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import shutil
 import sys
@@ -240,12 +241,26 @@ async def test_bad_session_ids_are_refused_before_anything_is_sent(kit: FaultKit
 # --------------------------------------------------------------------------- no listening socket
 
 
-def listening(process: psutil.Process) -> list[str]:
+def network_sockets(process: psutil.Process) -> list[str]:
+    """Every IPv4/IPv6 socket of ``process`` (listening or not)."""
     return [
-        f"pid {process.pid} ({process.name()}): {conn.family.name} {conn.laddr}"
-        for conn in process.net_connections(kind="all")
-        if conn.status == psutil.CONN_LISTEN or conn.family.name in ("AF_INET", "AF_INET6")
+        f"pid {process.pid} ({process.name()}): {conn.family.name} {conn.status} {conn.laddr}"
+        for conn in process.net_connections(kind="inet")
     ]
+
+
+def bound_unix_paths(process: psutil.Process) -> set[str]:
+    """Filesystem paths of the Unix sockets ``process`` has bound (socketpairs have none)."""
+    return {
+        conn.laddr
+        for conn in process.net_connections(kind="unix")
+        if isinstance(conn.laddr, str) and conn.laddr.startswith("/")
+    }
+
+
+def is_private(path: Path) -> bool:
+    info = path.stat()
+    return info.st_uid == os.getuid() and not info.st_mode & 0o077
 
 
 ADAPTERS = [
@@ -259,6 +274,13 @@ ADAPTERS = [
             pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed"),
         ],
     ),
+    pytest.param(
+        lambda kit: sp.GrpcPythonAdapter(),
+        id="grpc-bridge",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("grpclib") is None, reason="grpclib is not installed"
+        ),
+    ),
 ]
 
 
@@ -266,12 +288,23 @@ ADAPTERS = [
 async def test_nothing_listens_on_a_network_interface(kit: FaultKit, make_adapter: object) -> None:
     adapter = make_adapter(kit)  # type: ignore[operator]
     me = psutil.Process()
-    before = listening(me)
+    before = network_sockets(me)
     with anyio.fail_after(BOUND):
         async with sp.open_pool(adapter, size=2, config=FAULT_CONFIG) as pool:
             await pool.execute("ping")
             workers = [psutil.Process(w.pid) for w in pool.workers() if w.pid is not None]
             assert len(workers) == 2
             processes = [me, *workers, *(c for w in workers for c in w.children(recursive=True))]
-            found = [line for p in processes for line in listening(p)]
+            found = [line for p in processes for line in network_sockets(p)]
+            unix_paths = {path for p in workers for path in bound_unix_paths(p)}
+            private = {
+                path: is_private(Path(path)) and is_private(Path(path).parent)
+                for path in unix_paths
+            }
     assert found == before
+    # The gRPC bridge serves on a Unix socket: only in a directory nobody else can enter.
+    if isinstance(adapter, sp.GrpcPythonAdapter):
+        assert len(unix_paths) == 2
+    else:
+        assert unix_paths == set()
+    assert all(private.values()), f"Unix sockets others can reach: {private}"
