@@ -19,6 +19,7 @@ from ._errors import (
     WorkerCrashed,
     WorkerTimeout,
 )
+from ._grpc import GrpcPythonAdapter
 from ._orphans import OrphanInfo, sweep_orphans
 from ._pool import ChunkStream, Pool, open_pool
 from ._sessions import Session, SessionStore
@@ -38,6 +39,7 @@ __all__ = [
     "Adapter",
     "ChunkStream",
     "CommandError",
+    "GrpcPythonAdapter",
     "NodeAdapter",
     "OrphanInfo",
     "Pool",

@@ -1,0 +1,707 @@
+"""The gRPC worker: ``python -m snakepit_bridge --transport grpc [--listen unix|tcp]``.
+
+It serves the same :class:`~snakepit_bridge.handler.BaseCommandHandler` commands as the stdio
+server, over grpclib on an asyncio loop (the contract is ``proto/snakepit.proto``):
+
+- Plain ``def`` handlers run on a thread pool (``max_concurrency`` threads), ``async def`` ones
+  on the loop. Generators stream: a sync generator runs on its thread at most a few chunks
+  ahead of what gRPC has sent, so flow control reaches it (a slow pool pauses it).
+- Cancellation: the pool resets the stream (RST_STREAM) and grpclib cancels the request's task.
+  An async handler is cancelled like any task. For a sync handler the request's
+  ``RequestContext`` is marked cancelled (``check_cancelled()`` raises) and a generator is
+  closed on its own thread before it would produce another value, so its ``finally`` runs. A
+  cancelled handler that has not returned within ``SNAKEPIT_CANCEL_GRACE`` seconds makes the
+  worker exit, so that the pool replaces it rather than share it with a stuck thread.
+- Listening: by default a Unix socket in a new private directory (mode 0700), removed on exit;
+  ``--listen tcp`` binds 127.0.0.1 on a free port. Nothing listens on a network interface.
+  Once serving, the worker prints exactly one line, ``READY unix:/path`` or
+  ``READY tcp:127.0.0.1:PORT``, then its stdout is pointed at stderr.
+- Lifecycle: stdin EOF stops it gracefully (no new requests, the running ones finish, exit 0);
+  SIGTERM stops it at once (running requests are cancelled, exit 143). The lifeline of
+  docs/protocol.md section 7 works as for the stdio server.
+- Messages over ``SNAKEPIT_MAX_MESSAGE_SIZE`` bytes (default 64 MiB) are refused both ways;
+  a result too large to send becomes a ``MessageTooLarge`` error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
+
+import grpclib.server
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from . import _lifeline
+from ._grpc_generated.grpc.health.v1 import (
+    HealthBase,
+    HealthCheckRequest,
+    HealthCheckResponse,
+    HealthCheckResponseServingStatus,
+)
+from ._grpc_generated.snakepit.v1 import (
+    Error,
+    ExecuteReply,
+    ExecuteRequest,
+    HealthReply,
+    HealthRequest,
+    InfoReply,
+    InfoRequest,
+    SnakepitBridgeBase,
+    StreamReply,
+)
+from .context import Cancelled, RequestContext, bind_context, unbind_context
+from .grpc_wire import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    ENV_CANCEL_GRACE,
+    ENV_MAX_MESSAGE_SIZE,
+    EXECUTE_STREAM,
+    SERVICE,
+    SHUTTING_DOWN_ERROR_TYPE,
+    TOO_LARGE_ERROR_TYPE,
+    SizeLimitedCodec,
+    pack,
+    unpack,
+)
+from .protocol.constants import (
+    CANCELLED_ERROR_TYPE,
+    FEATURE_CANCEL,
+    FEATURE_CREDIT,
+    FEATURE_LIFELINE,
+    FEATURE_MULTIPLEX,
+    FEATURE_STREAM,
+    UNSUPPORTED_ERROR_TYPE,
+)
+from .server import _claim_stdio
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from .handler import BaseCommandHandler
+
+__all__ = ["FEATURES", "GrpcWorkerServer", "serve"]
+
+Emit: TypeAlias = Callable[[bytes], Awaitable[None]]  # sends one packed chunk
+Command: TypeAlias = Callable[[dict[str, Any]], Any]  # a registered handler function
+
+FEATURES: Final = (
+    FEATURE_CANCEL,
+    FEATURE_CREDIT,
+    FEATURE_LIFELINE,
+    FEATURE_MULTIPLEX,
+    FEATURE_STREAM,
+)
+DEFAULT_CANCEL_GRACE: Final = 2.0
+EXIT_OK: Final = 0
+EXIT_STUCK: Final = 70  # a cancelled handler would not stop
+EXIT_SIGTERM: Final = 143
+#: Chunks a sync generator may produce ahead of the gRPC sender.
+STREAM_WINDOW: Final = 32
+#: Room for the protobuf envelope around a payload.
+_ENVELOPE: Final = 64
+_UNIX_PATH_MAX: Final = 100
+_SKIP_IN_TRACEBACKS: Final = (
+    os.path.dirname(asyncio.__file__),
+    os.path.dirname(inspect.getfile(ThreadPoolExecutor)),
+)
+
+
+class _OnLoop:
+    """A sync handler returned an awaitable or an async generator: finish it on the loop."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class _Window:
+    """Bounds how far a sync generator's thread runs ahead of the sender; closing it stops it."""
+
+    def __init__(self, size: int) -> None:
+        self._condition = threading.Condition()
+        self._free = size
+        self._closed = False
+
+    def take(self) -> None:
+        """Wait for room for one more chunk (thread side); ``Cancelled`` once closed."""
+        with self._condition:
+            while self._free <= 0 and not self._closed:
+                self._condition.wait()
+            if self._closed:
+                raise Cancelled("the stream was cancelled")
+            self._free -= 1
+
+    def give(self) -> None:
+        with self._condition:
+            self._free += 1
+            self._condition.notify()
+
+    def close(self) -> None:
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+
+class _Job:
+    """A request served by a sync handler on a pool thread."""
+
+    __slots__ = ("ctx", "event", "items", "loop", "wake_pending", "window")
+
+    def __init__(self, ctx: RequestContext, loop: asyncio.AbstractEventLoop) -> None:
+        self.ctx = ctx
+        self.loop = loop
+        self.window = _Window(STREAM_WINDOW)
+        self.items: deque[bytes] = deque()  # packed chunks, appended by the thread
+        self.event = asyncio.Event()
+        self.wake_pending = False
+
+    def push(self, payload: bytes) -> None:
+        """Hand a packed chunk to the loop (thread side); wakes the loop once per batch."""
+        self.items.append(payload)
+        if not self.wake_pending:
+            self.wake_pending = True
+            self.loop.call_soon_threadsafe(self.event.set)
+
+    def cancel(self) -> None:
+        self.ctx.cancel()
+        self.window.close()
+
+
+class BridgeService(SnakepitBridgeBase):  # type: ignore[misc]
+    """The ``snakepit.v1.SnakepitBridge`` service over one command handler."""
+
+    def __init__(
+        self,
+        handler: BaseCommandHandler,
+        *,
+        max_concurrency: int,
+        max_message_size: int,
+        cancel_grace: float,
+        on_stuck: Callable[[RequestContext], None],
+    ) -> None:
+        self.handler = handler
+        self.max_concurrency = max_concurrency
+        self.max_message_size = max_message_size
+        self.cancel_grace = cancel_grace
+        self.on_stuck = on_stuck
+        self.executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="snakepit-handler")
+        self.started = time.monotonic()
+        self.in_flight = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __mapping__(self) -> dict[str, Any]:
+        # The streaming route is served here at the stream level (not through the generated
+        # async-generator wrapper), so that leaving it always closes the handler's generator.
+        mapping: dict[str, Any] = super().__mapping__()
+        mapping[EXECUTE_STREAM] = mapping[EXECUTE_STREAM]._replace(func=self._rpc_execute_stream)
+        return mapping
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    # ------------------------------------------------------------------ RPCs
+
+    async def execute(self, message: ExecuteRequest) -> ExecuteReply:
+        return await self._run(message, None)
+
+    async def _rpc_execute_stream(
+        self, stream: grpclib.server.Stream[ExecuteRequest, StreamReply]
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+
+        async def emit(payload: bytes) -> None:
+            await stream.send_message(StreamReply(chunk=payload))
+
+        end = await self._run(request, emit)
+        await stream.send_message(StreamReply(end=end))
+
+    async def health(self, message: HealthRequest) -> HealthReply:
+        return HealthReply(
+            serving=not self.draining,
+            uptime=time.monotonic() - self.started,
+            requests=self.handler.request_count,
+            in_flight=self.in_flight,
+        )
+
+    async def info(self, message: InfoRequest) -> InfoReply:
+        from . import __version__
+
+        handler = type(self.handler)
+        return InfoReply(
+            bridge="snakepit_bridge",
+            version=__version__,
+            language="python",
+            pid=os.getpid(),
+            runtime_version=sys.version.split()[0],
+            handler=f"{handler.__module__}:{handler.__qualname__}",
+            commands=self.handler.get_supported_commands(),
+            features=list(FEATURES),
+            max_concurrency=self.max_concurrency,
+            max_message_size=self.max_message_size,
+        )
+
+    # ------------------------------------------------------------------ running a command
+
+    async def _run(self, request: ExecuteRequest, emit: Emit | None) -> ExecuteReply:
+        """Run one request to its terminal reply; chunks go to ``emit`` (None: unary)."""
+        if self.draining:
+            return _failure("the worker is shutting down", SHUTTING_DOWN_ERROR_TYPE)
+        command = request.command
+        function = self.handler.get_command(command)
+        if function is None:
+            return _failure(f"Unknown command: {command}", UNSUPPORTED_ERROR_TYPE)
+        try:
+            args = unpack(request.args) if request.args else {}
+        except Exception as exc:
+            return _failure(f"the arguments are not MessagePack: {exc!r}", "ProtocolError")
+        if not isinstance(args, dict):
+            return _failure("the arguments are not a map", "ProtocolError")
+        if request.session_id and "session_id" not in args:
+            args["session_id"] = request.session_id
+        ctx = RequestContext(request.request_id, command, args, stream=emit is not None)
+        self.in_flight += 1
+        self._idle.clear()
+        self.handler.request_count += 1
+        try:
+            result = await self._call(ctx, function, args, emit)
+            payload = self._pack(result)
+        except Cancelled:
+            return _failure("cancelled", CANCELLED_ERROR_TYPE)
+        except Exception as exc:
+            return _error(exc)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+        return ExecuteReply(success=True, result=payload)
+
+    def _pack(self, value: Any) -> bytes:
+        """Pack a result or chunk; too large to send is an error of the request."""
+        try:
+            payload = pack(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TypeError(f"cannot send the value as MessagePack: {exc}") from None
+        if len(payload) + _ENVELOPE > self.max_message_size:
+            raise _TooLarge(
+                f"the value is {len(payload)} bytes packed, over the limit of "
+                f"{self.max_message_size} bytes per message"
+            )
+        return payload
+
+    async def _call(
+        self,
+        ctx: RequestContext,
+        function: Command,
+        args: dict[str, Any],
+        emit: Emit | None,
+    ) -> Any:
+        pending: _OnLoop | None = None
+        if not (inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)):
+            value = await self._in_thread(ctx, function, args, emit)
+            if not isinstance(value, _OnLoop):
+                return value
+            pending = value  # it returned an awaitable or an async generator
+        token = bind_context(ctx)
+        try:
+            awaitable = function(args) if pending is None else pending.value
+            return await self._finish_on_loop(awaitable, emit)
+        finally:
+            unbind_context(token)
+
+    async def _finish_on_loop(self, value: Any, emit: Emit | None) -> Any:
+        """Await a coroutine's result, or drain an async generator (closing it on any exit)."""
+        if isinstance(value, AsyncGenerator):
+            items: list[Any] = []
+            try:
+                async for item in value:
+                    if emit is None:
+                        items.append(item)
+                    else:
+                        await emit(self._pack(item))
+            finally:
+                await value.aclose()
+            return items if emit is None else None
+        if inspect.isawaitable(value):
+            value = await value
+        if emit is not None:  # a plain command asked for as a stream: its result is one chunk
+            await emit(self._pack(value))
+            return None
+        return value
+
+    async def _in_thread(
+        self,
+        ctx: RequestContext,
+        function: Command,
+        args: dict[str, Any],
+        emit: Emit | None,
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        job = _Job(ctx, loop)
+        run = contextvars.copy_context().run
+        future = loop.run_in_executor(
+            self.executor, run, self._thread_main, job, function, args, emit is not None
+        )
+        future.add_done_callback(lambda _: job.event.set())
+        try:
+            if emit is not None:
+                await self._pump(job, future, emit)
+            # Shielded: cancelling the wait must not mark the future done while its thread runs.
+            return await asyncio.shield(future)
+        except BaseException:
+            # Cancelled (the client reset the stream, or SIGTERM), or sending failed: stop the
+            # thread's work and wait until it has (the generator's finally has run).
+            if not future.done():
+                job.cancel()
+                await self._wait_stopped(job, future)
+            raise
+
+    async def _pump(self, job: _Job, future: asyncio.Future[Any], emit: Emit) -> None:
+        """Send the chunks a sync generator's thread produces until the thread is done."""
+        items = job.items
+        while True:
+            while items:
+                await emit(items.popleft())
+                job.window.give()
+            job.event.clear()
+            job.wake_pending = False  # after the clear: a later push wakes us again
+            if items:
+                continue
+            if future.done():
+                return
+            await job.event.wait()
+
+    async def _wait_stopped(self, job: _Job, future: asyncio.Future[Any]) -> None:
+        """Wait until the thread has stopped, at most ``cancel_grace`` (then exit the worker).
+
+        grpclib cancels a reset stream's task twice, so a second cancellation must not cut
+        the wait short; it is passed on once the thread has stopped.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cancel_grace
+        cancelled = False
+        while not future.done():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                self.on_stuck(job.ctx)
+                break
+            try:
+                await asyncio.wait([future], timeout=remaining)
+            except asyncio.CancelledError:
+                cancelled = True
+        if future.done() and not future.cancelled():
+            future.exception()  # its own error, or Cancelled: it stopped, which is all we need
+        if cancelled:
+            raise asyncio.CancelledError
+
+    def _thread_main(
+        self,
+        job: _Job,
+        function: Command,
+        args: dict[str, Any],
+        stream: bool,
+    ) -> Any:
+        """Run a sync handler (on a pool thread, in a context of its own)."""
+        bind_context(job.ctx)
+        value = function(args)
+        if isinstance(value, Generator):
+            return self._produce(job, value) if stream else self._collect(job, value)
+        if isinstance(value, AsyncGenerator) or inspect.isawaitable(value):
+            return _OnLoop(value)
+        if stream:
+            job.window.take()
+            job.push(self._pack(value))
+            return None
+        return value
+
+    def _produce(self, job: _Job, generator: Generator[Any, Any, Any]) -> Any:
+        """Stream a sync generator's values; returns its return value."""
+        ctx = job.ctx
+        try:
+            while True:
+                ctx.check_cancelled()
+                job.window.take()
+                try:
+                    item = next(generator)
+                except StopIteration as stop:
+                    return stop.value
+                job.push(self._pack(item))
+        except BaseException:
+            _close(generator)
+            raise
+
+    def _collect(self, job: _Job, generator: Generator[Any, Any, Any]) -> list[Any]:
+        """A generator command asked for without a stream: the list of its values."""
+        items: list[Any] = []
+        try:
+            for item in generator:
+                items.append(item)
+                job.ctx.check_cancelled()
+        except BaseException:
+            _close(generator)
+            raise
+        return items
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class HealthService(HealthBase):  # type: ignore[misc]
+    """The standard ``grpc.health.v1.Health/Check`` for generic probes."""
+
+    def __init__(self, service: BridgeService) -> None:
+        self.service = service
+
+    async def check(self, message: HealthCheckRequest) -> HealthCheckResponse:
+        if message.service not in ("", SERVICE):
+            raise GRPCError(Status.NOT_FOUND, f"unknown service {message.service!r}")
+        serving = not self.service.draining
+        return HealthCheckResponse(
+            status=HealthCheckResponseServingStatus.SERVING
+            if serving
+            else HealthCheckResponseServingStatus.NOT_SERVING
+        )
+
+
+class GrpcWorkerServer:
+    """One worker process's gRPC server, from bind to clean-up. ``run()`` returns the exit code."""
+
+    def __init__(
+        self,
+        handler: BaseCommandHandler,
+        *,
+        listen: str = "unix",
+        max_concurrency: int = 64,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        cancel_grace: float = DEFAULT_CANCEL_GRACE,
+        stdin_fd: int | None = None,
+        ready_fd: int | None = None,
+    ) -> None:
+        if listen not in ("unix", "tcp"):
+            raise ValueError(f"listen must be 'unix' or 'tcp', not {listen!r}")
+        self.handler = handler
+        self.listen = listen
+        self.max_concurrency = max(1, max_concurrency)
+        self.max_message_size = max_message_size
+        self.cancel_grace = cancel_grace
+        self.stdin_fd = stdin_fd
+        self.ready_fd = ready_fd
+        self.address = ""
+        self.socket_dir: str | None = None
+        self.stdin_closed = False
+        self._exit_code = EXIT_OK
+        self._stop: asyncio.Event | None = None
+        self._terminate = False
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        service = BridgeService(
+            self.handler,
+            max_concurrency=self.max_concurrency,
+            max_message_size=self.max_message_size,
+            cancel_grace=self.cancel_grace,
+            on_stuck=self._stuck,
+        )
+        server = grpclib.server.Server(
+            [service, HealthService(service)], codec=SizeLimitedCodec(self.max_message_size)
+        )
+        loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)  # before the socket exists
+        try:
+            await self._bind(server)
+            self._announce()
+            if self.stdin_fd is not None:
+                loop.add_reader(self.stdin_fd, self._on_stdin)
+            await self._stop.wait()
+            if not self._terminate:
+                service.draining = True
+                await service.wait_idle()
+            server.close()
+            try:
+                await asyncio.wait_for(server.wait_closed(), self.cancel_grace + 1.0)
+            except TimeoutError:
+                _log("some requests did not finish after the server closed")
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+            if self.stdin_fd is not None:
+                loop.remove_reader(self.stdin_fd)
+            service.executor.shutdown(wait=False, cancel_futures=True)
+            self.remove_socket()
+        return self._exit_code
+
+    async def _bind(self, server: grpclib.server.Server) -> None:
+        if self.listen == "tcp":
+            # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP
+            # (accepted sockets inherit it); without it each call waits ~40 ms on delayed ACKs.
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+            try:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+                await server.start(sock=sock)
+            except BaseException:
+                sock.close()
+                raise
+            self.address = f"tcp:127.0.0.1:{port}"
+            return
+        directory = tempfile.mkdtemp(prefix="snakepit-grpc-")  # mode 0700
+        if len(directory) + len("/worker.sock") > _UNIX_PATH_MAX:
+            os.rmdir(directory)
+            directory = tempfile.mkdtemp(prefix="snakepit-grpc-", dir="/tmp")
+        self.socket_dir = directory
+        path = os.path.join(directory, "worker.sock")
+        await server.start(path=path)
+        os.chmod(path, 0o600)
+        self.address = f"unix:{path}"
+
+    def _announce(self) -> None:
+        line = f"READY {self.address}\n".encode()
+        if self.ready_fd is None:
+            os.write(1, line)
+            return
+        try:
+            os.write(self.ready_fd, line)
+        finally:
+            os.close(self.ready_fd)
+            self.ready_fd = None
+
+    def remove_socket(self) -> None:
+        if self.socket_dir is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+            self.socket_dir = None
+
+    def _on_stdin(self) -> None:
+        assert self.stdin_fd is not None
+        try:
+            data = os.read(self.stdin_fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # end of file: the pool closed us; anything else is ignored
+            asyncio.get_running_loop().remove_reader(self.stdin_fd)
+            self.stdin_closed = True
+            self._request_stop()
+
+    def _on_sigterm(self) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+        self._terminate = True
+        self._exit_code = EXIT_SIGTERM
+        self._request_stop()
+
+    def _request_stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    def _stuck(self, ctx: RequestContext) -> None:
+        _log(
+            f"request {ctx.id} ({ctx.command}) did not stop within {self.cancel_grace} s of its "
+            "cancellation; exiting so that the pool starts a fresh worker"
+        )
+        self.remove_socket()
+        sys.stderr.flush()
+        os._exit(EXIT_STUCK)
+
+
+def serve(handler: BaseCommandHandler, *, listen: str = "unix", max_concurrency: int = 64) -> int:
+    """Run the gRPC worker until stdin EOF or SIGTERM; return the exit status."""
+    stdin_fd, ready_fd = _claim_stdio()
+    os.set_blocking(stdin_fd, False)
+    _lifeline.start(os.environ)
+    server = GrpcWorkerServer(
+        handler,
+        listen=listen,
+        max_concurrency=max_concurrency,
+        max_message_size=_env_number(ENV_MAX_MESSAGE_SIZE, DEFAULT_MAX_MESSAGE_SIZE, int),
+        cancel_grace=_env_number(ENV_CANCEL_GRACE, DEFAULT_CANCEL_GRACE, float),
+        stdin_fd=stdin_fd,
+        ready_fd=ready_fd,
+    )
+    loop = asyncio.new_event_loop()
+    try:
+        code = loop.run_until_complete(server.run())
+    finally:
+        server.remove_socket()
+        try:
+            _cancel_leftovers(loop)
+        finally:
+            loop.close()
+    if server.stdin_closed and _lifeline.pool_gone(0.05):
+        # Stdin and the lifeline both closed: the pool died rather than closed us.
+        _lifeline.kill_group("stdin and the lifeline closed")
+    return code
+
+
+def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.wait(tasks, timeout=1.0))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+
+
+def _env_number(name: str, default: Any, kind: Callable[[str], Any]) -> Any:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        _log(f"ignoring {name}={text!r}")
+        return default
+    return value if value > 0 else default
+
+
+def _close(generator: Generator[Any, Any, Any]) -> None:
+    try:
+        generator.close()
+    except (Exception, Cancelled) as exc:
+        _log(f"error while closing the generator of a stream: {exc!r}")
+
+
+def _failure(message: str, error_type: str, traceback: str = "") -> ExecuteReply:
+    return ExecuteReply(
+        success=False, error=Error(message=message, error_type=error_type, traceback=traceback)
+    )
+
+
+def _error(exc: BaseException) -> ExecuteReply:
+    error_type = TOO_LARGE_ERROR_TYPE if isinstance(exc, _TooLarge) else type(exc).__name__
+    return _failure(str(exc) or type(exc).__name__, error_type, _format_traceback(exc))
+
+
+def _format_traceback(exc: BaseException) -> str:
+    """The traceback from the handler down, without the server's and asyncio's frames."""
+    import traceback
+
+    tb: TracebackType | None = exc.__traceback__
+    while tb is not None and (
+        tb.tb_frame.f_code.co_filename == __file__
+        or tb.tb_frame.f_code.co_filename.startswith(_SKIP_IN_TRACEBACKS)
+    ):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _log(message: str) -> None:
+    try:
+        os.write(2, f"snakepit_bridge[{os.getpid()}] grpc: {message}\n".encode())
+    except OSError:
+        pass

@@ -1,0 +1,535 @@
+"""The gRPC transport: ``GrpcPythonAdapter`` and the worker slot that speaks to it.
+
+A gRPC worker is our Python bridge started with ``--transport grpc``: it binds a private Unix
+socket (or 127.0.0.1 on request), prints ``READY <address>`` and serves ``proto/snakepit.proto``.
+``GrpcWorker`` replaces the stdio parts of ``Worker`` (the READY line instead of negotiation,
+a gRPC call per request instead of frames, RST_STREAM instead of cancel frames, gRPC flow
+control instead of credit frames) and keeps the rest, so the pool's dispatch, queueing,
+sessions, stats, timeouts, recycling and streams work unchanged.
+
+grpclib runs on asyncio only. Under trio, each pool runs one asyncio loop on a thread of its
+own, shared by its workers: requests hop to it with ``call_soon_threadsafe`` and results hop
+back with the trio token's ``run_sync_soon``. Under asyncio (anyio's asyncio backend) grpclib
+runs on the host loop itself. A cancelled request's asyncio task is cancelled (grpclib sends
+RST_STREAM, and the worker closes the handler's generator); the worker slot is "cancelling"
+until that task has finished, or is replaced if it has not within ``cancel_grace``. The loop
+thread ends with the pool's last worker, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, TypeVar
+
+import anyio
+import anyio.abc
+from snakepit_bridge.protocol import codecs, constants
+from snakepit_bridge.protocol.framing import ProtocolError as WireProtocolError
+from snakepit_bridge.protocol.messages import Response
+
+from ._adapters import PythonAdapter
+from ._process import WorkerProcess
+from ._worker import Worker, _Call, _StopWorker
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from . import _grpc_client
+    from ._pool import Pool
+
+__all__ = ["GrpcPythonAdapter", "GrpcWorker"]
+
+logger = logging.getLogger("snakepit_trio.grpc")
+
+T = TypeVar("T")
+Listen = Literal["unix", "tcp"]
+
+_KNOWN_FEATURES: Final = frozenset(
+    {
+        constants.FEATURE_STREAM,
+        constants.FEATURE_CANCEL,
+        constants.FEATURE_CREDIT,
+        constants.FEATURE_MULTIPLEX,
+        constants.FEATURE_LIFELINE,
+    }
+)
+_READY_LIMIT: Final = 4096
+_HUB_CLOSE_TIMEOUT: Final = 5.0
+
+
+# ---------------------------------------------------------------------- the gRPC event loop
+
+
+class _Hub:
+    """Where one pool's grpclib code runs, and the way back to the host loop."""
+
+    loop: asyncio.AbstractEventLoop
+
+    def call_soon(self, fn: Callable[..., object], *args: Any) -> None:
+        """Run ``fn(*args)`` on the gRPC loop (called from the host)."""
+        raise NotImplementedError
+
+    def to_host(self, fn: Callable[..., object], *args: Any) -> None:
+        """Run ``fn(*args)`` on the host loop (called from the gRPC loop)."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Stop the gRPC loop (if it is ours) once every worker is done with it."""
+
+    async def run(self, factory: Callable[[], Coroutine[Any, Any, T]], grace: float) -> T:
+        """Run ``factory()`` on the gRPC loop and return its result, from the host.
+
+        If the host is cancelled meanwhile, the asyncio task is cancelled and waited for
+        (shielded, at most ``grace`` seconds) before the cancellation goes on.
+        """
+        done = anyio.Event()
+        holder: list[asyncio.Task[T]] = []
+
+        def start() -> None:
+            task = self.loop.create_task(factory())
+            holder.append(task)
+            task.add_done_callback(lambda _: self.to_host(done.set))
+
+        def cancel() -> None:
+            if holder:
+                holder[0].cancel()
+
+        self.call_soon(start)
+        try:
+            await done.wait()
+        except BaseException:
+            self.call_soon(cancel)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
+                await done.wait()
+            raise
+        task = holder[0]
+        if task.cancelled():
+            raise _StopWorker("the gRPC event loop stopped")
+        return task.result()
+
+
+class _DirectHub(_Hub):
+    """asyncio host: grpclib runs on the host loop; nothing hops."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.loop = asyncio.get_running_loop()
+
+    def call_soon(self, fn: Callable[..., object], *args: Any) -> None:
+        fn(*args)
+
+    def to_host(self, fn: Callable[..., object], *args: Any) -> None:
+        fn(*args)
+
+
+class _ThreadHub(_Hub):
+    """trio host: one asyncio loop on a dedicated thread, results sent back via the trio token."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        import trio
+
+        self._run_sync_soon = trio.lowlevel.current_trio_token().run_sync_soon
+        self._run_finished = trio.RunFinishedError
+        self.loop = asyncio.new_event_loop()
+        self._exited: Callable[[], object] | None = None
+        self._thread = threading.Thread(target=self._main, name="snakepit-grpc-loop", daemon=True)
+        self._thread.start()
+
+    def call_soon(self, fn: Callable[..., object], *args: Any) -> None:
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def to_host(self, fn: Callable[..., object], *args: Any) -> None:
+        try:
+            self._run_sync_soon(fn, *args)
+        except self._run_finished:  # pragma: no cover - the host run is over; nobody listens
+            pass
+
+    def _main(self) -> None:
+        import asyncio
+
+        loop = self.loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+            leftovers = asyncio.all_tasks(loop)
+            for task in leftovers:
+                task.cancel()
+            if leftovers:
+                loop.run_until_complete(asyncio.wait(leftovers, timeout=_HUB_CLOSE_TIMEOUT))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+            if self._exited is not None:
+                self.to_host(self._exited)
+
+    async def aclose(self) -> None:
+        exited = anyio.Event()
+        self._exited = exited.set
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_HUB_CLOSE_TIMEOUT):
+            await exited.wait()
+        self._thread.join(1.0)  # it has sent its last word: it ends at once
+
+
+def _new_hub() -> _Hub:
+    import sniffio
+
+    library = sniffio.current_async_library()
+    if library == "trio":
+        return _ThreadHub()
+    if library == "asyncio":
+        return _DirectHub()
+    raise RuntimeError(f"the gRPC transport runs under trio or asyncio, not {library}")
+
+
+class _HubLease:
+    """A pool's hub, shared by its workers and closed when the last one lets go."""
+
+    def __init__(self, hub: _Hub) -> None:
+        self.hub = hub
+        self.users = 0
+
+
+_leases: weakref.WeakKeyDictionary[Pool, _HubLease] = weakref.WeakKeyDictionary()
+
+
+def _acquire_hub(pool: Pool) -> _Hub:
+    lease = _leases.get(pool)
+    if lease is None:
+        lease = _leases[pool] = _HubLease(_new_hub())
+    lease.users += 1
+    return lease.hub
+
+
+async def _release_hub(pool: Pool) -> None:
+    lease = _leases.get(pool)
+    if lease is None:
+        return
+    lease.users -= 1
+    if lease.users == 0:
+        del _leases[pool]
+        await lease.hub.aclose()
+
+
+# ---------------------------------------------------------------------- the worker slot
+
+
+class _Remote:
+    """One call's asyncio side, as the host sees it."""
+
+    __slots__ = ("chunks", "flush_pending", "task", "window")
+
+    def __init__(self, window: _grpc_client.StreamWindow | None) -> None:
+        self.task: asyncio.Task[Any] | None = None  # set on the gRPC loop
+        self.window = window
+        self.chunks: deque[Any] = deque()  # filled on the gRPC loop, drained on the host
+        self.flush_pending = False
+
+
+class GrpcWorker(Worker):
+    """A worker slot whose process is a gRPC bridge (see the module doc)."""
+
+    def __init__(self, pool: Pool, slot_id: int) -> None:
+        super().__init__(pool, slot_id)
+        from . import _grpc_client  # grpclib and betterproto2: only when gRPC is used
+
+        self._wire = _grpc_client
+        self._codec = _grpc_client.RequestCodec()
+        self._hub: _Hub | None = None
+        self._client: _grpc_client.Client | None = None
+        self._remotes: dict[int, _Remote] = {}
+        self.address: str | None = None
+
+    @property
+    def codec(self) -> codecs.Codec:
+        return self._codec
+
+    async def run(self) -> None:
+        self._hub = _acquire_hub(self.pool)
+        try:
+            await super().run()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _release_hub(self.pool)
+                self._hub = None
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._remotes = {}
+        self._client = None
+        self.address = None
+
+    def _environment(self) -> dict[str, str]:
+        from snakepit_bridge.grpc_wire import ENV_CANCEL_GRACE, ENV_MAX_MESSAGE_SIZE
+
+        env = super()._environment()
+        env[ENV_MAX_MESSAGE_SIZE] = str(self.config.max_frame_size)
+        env[ENV_CANCEL_GRACE] = str(self.config.cancel_grace)
+        return env
+
+    # ------------------------------------------------------------------ start-up
+    async def _handshake(self, proc: WorkerProcess) -> int:
+        hub = self._hub
+        assert hub is not None
+        address = await self._read_ready_line(proc)
+        client = self._wire.Client(address, self.config.max_frame_size)
+        self.address = address
+        self._client = client
+        grace = self.config.cancel_grace
+        try:
+            info = await hub.run(client.info, grace)
+        except (_StopWorker, TimeoutError):
+            raise
+        except Exception as exc:
+            raise _StopWorker(
+                f"no answer from the worker's gRPC server at {address}: {exc!r}"
+            ) from None
+        if info.pid and info.pid != proc.pid:
+            raise _StopWorker(
+                f"the server at {address} is pid {info.pid}, not the worker {proc.pid}"
+            )
+        self.protocol = "grpc"
+        self.features = frozenset(info.features) & _KNOWN_FEATURES
+        command = self.adapter.init_command
+        if command is not None:
+            request = self._codec.encode({"id": self.pool._next_id(), "command": command})
+            try:
+                reply = await hub.run(lambda: client.execute(request), grace)
+            except (_StopWorker, TimeoutError):
+                raise
+            except Exception as exc:
+                raise _StopWorker(f"init command {command!r} failed: {exc!r}") from None
+            if not reply.success:
+                message = reply.error.message if reply.error is not None else "failed"
+                raise _StopWorker(f"init command {command!r} failed: {message}")
+        return max(1, info.max_concurrency)
+
+    async def _read_ready_line(self, proc: WorkerProcess) -> str:
+        """The worker's first stdout line, ``READY unix:/path`` or ``READY tcp:host:port``."""
+        buffer = bytearray()
+        while b"\n" not in buffer:
+            await anyio.wait_readable(proc.stdout_fd)
+            try:
+                data = os.read(proc.stdout_fd, _READY_LIMIT)
+            except BlockingIOError:
+                continue
+            if not data:
+                raise _StopWorker("the worker exited before announcing its gRPC address")
+            buffer += data
+            if len(buffer) > _READY_LIMIT:
+                raise _StopWorker("the worker wrote more than one READY line on stdout")
+        line = bytes(buffer).split(b"\n", 1)[0].decode("utf-8", "replace").strip()
+        word, _, address = line.partition(" ")
+        if word != "READY" or not address.startswith(("unix:", "tcp:")):
+            raise _StopWorker(f"expected 'READY <address>' on stdout, got {line[:200]!r}")
+        return address
+
+    def _start_io(self, tg: anyio.abc.TaskGroup, proc: WorkerProcess) -> None:
+        tg.start_soon(self._watch_exit, proc)
+
+    async def _watch_exit(self, proc: WorkerProcess) -> None:
+        """There is no stdout to hit EOF on: notice the process exiting by itself."""
+        await proc.wait()
+        self._eof = True
+        self.stop("the worker exited")
+
+    async def _take_down(self, proc: WorkerProcess, reason: str, stderr_done: anyio.Event) -> bool:
+        try:
+            return await super()._take_down(proc, reason, stderr_done)
+        finally:
+            client, self._client = self._client, None
+            hub = self._hub
+            if client is not None and hub is not None:
+                try:
+                    await hub.run(client.close, _HUB_CLOSE_TIMEOUT)
+                except Exception as exc:  # pragma: no cover - closing is best effort
+                    logger.debug("worker %d: closing its channel failed: %r", self.id, exc)
+            self._remotes.clear()
+
+    # ------------------------------------------------------------------ requests
+    def begin(self, request_id: int, command: str, frame: bytes, stream: bool) -> _Call:
+        """Register the call and start its gRPC call (the frame is a framed ExecuteRequest)."""
+        hub, client = self._hub, self._client
+        assert hub is not None and client is not None
+        call = _Call(request_id, command, self, stream, self.pool._new_event())
+        self._calls[request_id] = call
+        self.load += 1
+        if self.load == 1 and not self._abandoned:
+            self.state = "busy"
+        call.started = time.monotonic()
+        remote = _Remote(self._wire.StreamWindow(self.config.stream_credits) if stream else None)
+        self._remotes[request_id] = remote
+        hub.call_soon(self._launch, client, call, remote, frame[4:])
+        return call
+
+    async def write(self, data: bytes) -> None:
+        """Nothing to write: ``begin`` has started the gRPC call."""
+
+    def grant_credit(self, call: _Call, credits: int) -> None:
+        remote = self._remotes.get(call.id)
+        if remote is not None and remote.window is not None and self._hub is not None:
+            self._hub.call_soon(remote.window.grant, credits)
+
+    async def _cancel_and_watch(self, call: _Call, reason: str) -> None:
+        remote = self._remotes.get(call.id)
+        hub = self._hub
+        if remote is None or hub is None or call.done:
+            return
+        hub.call_soon(_cancel_task, remote)
+        grace = self.config.cancel_grace
+        if call.event.is_set():  # set by the deadline watcher to wake the caller
+            call.event = self.pool._new_event()
+        with anyio.move_on_after(grace):
+            await call.event.wait()
+        if not call.done:
+            self.stop(f"{reason}; its gRPC call did not end within {grace} s of its cancel")
+
+    # -- on the gRPC loop
+    def _launch(
+        self, client: _grpc_client.Client, call: _Call, remote: _Remote, payload: bytes
+    ) -> None:
+        coro: Coroutine[Any, Any, Any]
+        if remote.window is None:
+            coro = client.execute(payload)
+        else:
+            coro = client.stream(
+                payload, remote.window, lambda value: self._push(call, remote, value)
+            )
+        remote.task = client.start(coro, lambda task: self._report(call, task))
+
+    def _push(self, call: _Call, remote: _Remote, value: Any) -> None:
+        remote.chunks.append(value)
+        if not remote.flush_pending:
+            remote.flush_pending = True
+            hub = self._hub
+            if hub is not None:
+                hub.to_host(self._flush, call, remote)
+
+    def _report(self, call: _Call, task: asyncio.Task[Any]) -> None:
+        """The call's task ended: turn its outcome into the pool's terms, hand it to the host."""
+        hub = self._hub
+        if hub is None:
+            return
+        wire = self._wire
+        if task.cancelled():
+            cancelled = Response(
+                call.id, False, error="cancelled", error_type=constants.CANCELLED_ERROR_TYPE
+            )
+            hub.to_host(self._finish, call, cancelled, None, False)
+            return
+        exc = task.exception()
+        if exc is None:
+            try:
+                response = wire.to_response(call.id, task.result())
+            except wire.BadReply as bad:
+                exc = bad
+            else:
+                hub.to_host(self._finish, call, response, None, False)
+                return
+        if isinstance(exc, wire.GRPCError):
+            failure = f"gRPC status {exc.status.name}: {exc.message}"
+            hub.to_host(self._finish, call, None, failure, True)
+        elif isinstance(exc, wire.BadReply):
+            hub.to_host(self._finish, call, None, f"it broke the gRPC contract: {exc}", True)
+        else:
+            hub.to_host(self._finish, call, None, f"its gRPC connection failed: {exc!r}", False)
+
+    # -- on the host loop
+    def _flush(self, call: _Call, remote: _Remote) -> None:
+        """Move the chunks that arrived into the call."""
+        remote.flush_pending = False  # first: a chunk pushed from now on schedules a flush
+        chunks = remote.chunks
+        if call.done or call.chunks is None:
+            chunks.clear()
+            return
+        target = call.chunks
+        while chunks:
+            target.append(chunks.popleft())
+        if call.chunk_event is not None:
+            call.chunk_event.set()
+
+    def _finish(
+        self, call: _Call, response: Response | None, failure: str | None, protocol: bool
+    ) -> None:
+        """A call's outcome arrived: route its response, or replace the worker on a failure."""
+        if call.done or self._calls.get(call.id) is not call:
+            return  # already failed by the take-down, or from an earlier process
+        remote = self._remotes.pop(call.id, None)
+        if response is None:
+            # A broken connection (most likely the process died) or a broken contract: as
+            # over stdio, the worker is replaced and its calls fail with the cause
+            # (WorkerCrashed with exit code and stderr, or ProtocolError).
+            if protocol:
+                self._protocol_error = WireProtocolError(failure or "gRPC contract broken")
+            else:
+                self._eof = True
+            self.stop(failure or "the gRPC call failed")
+            return
+        if remote is not None:
+            self._flush(call, remote)
+        self._route(response)
+
+
+def _cancel_task(remote: _Remote) -> None:
+    if remote.task is not None:
+        remote.task.cancel()
+
+
+# ---------------------------------------------------------------------- the adapter
+
+
+class GrpcPythonAdapter(PythonAdapter):
+    """Our Python bridge over gRPC (``python -m snakepit_bridge --transport grpc``).
+
+    ``handler`` is ``"package.module:HandlerClass"`` as for ``PythonAdapter`` (None: the
+    built-in generic commands). ``listen="unix"`` (the default) serves on a Unix socket in a
+    private directory; ``"tcp"`` on 127.0.0.1 and a free port. Needs ``grpclib`` and
+    ``betterproto2`` (the ``grpc`` extra). Streams, cancellation (RST_STREAM), backpressure
+    (gRPC flow control) and several requests per worker (``PoolConfig.max_in_flight``) work
+    as over stdio.
+    """
+
+    worker_class: ClassVar[type[Worker]] = GrpcWorker
+
+    def __init__(
+        self,
+        handler: str | None = None,
+        *,
+        python: str | os.PathLike[str] = sys.executable,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        listen: Listen = "unix",
+        inherit_env: bool = True,
+        max_concurrency: int | None = None,
+    ) -> None:
+        if listen not in ("unix", "tcp"):
+            raise ValueError(f"listen must be 'unix' or 'tcp', not {listen!r}")
+        super().__init__(
+            handler,
+            python=python,
+            env=env,
+            cwd=cwd,
+            inherit_env=inherit_env,
+            max_concurrency=max_concurrency,
+        )
+        self.script_args = (*self.script_args, "--transport", "grpc", "--listen", listen)
+        self.name = f"python gRPC bridge ({handler or 'generic'})"
+        self.listen = listen
+
+    def __repr__(self) -> str:
+        return f"GrpcPythonAdapter({self.handler!r}, listen={self.listen!r})"
+
+    @property
+    def negotiate(self) -> bool:
+        return False  # the READY line replaces negotiation

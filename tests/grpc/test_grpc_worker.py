@@ -1,0 +1,180 @@
+"""The gRPC worker process on its own: READY line, socket hygiene, shutdown paths, health."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from snakepit_bridge._grpc_generated.grpc.health.v1 import (
+    HealthCheckRequest,
+    HealthCheckResponseServingStatus,
+    HealthStub,
+)
+from snakepit_bridge._grpc_generated.snakepit.v1 import (
+    ExecuteRequest,
+    SnakepitBridgeBase,
+    SnakepitBridgeStub,
+)
+from snakepit_bridge.grpc_wire import (
+    EXECUTE,
+    EXECUTE_STREAM,
+    HEALTH,
+    INFO,
+    SizeLimitedCodec,
+    pack,
+    unpack,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+BRIDGE = ROOT / "bridges" / "python"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(BRIDGE), env.get("PYTHONPATH", "")])
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def worker(*args: str, **env: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A gRPC worker and its announced address; killed if the test leaves it running."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakepit_bridge", "--transport", "grpc", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(**env),
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert line.startswith("READY "), line
+        yield proc, line.split()[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def _unix_path(address: str) -> str:
+    assert address.startswith("unix:"), address
+    return address[len("unix:") :]
+
+
+def test_ready_line_private_socket_and_graceful_exit_on_stdin_eof() -> None:
+    with worker() as (proc, address):
+        path = _unix_path(address)
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.read() == b""  # exactly one line, then stdout is closed
+        assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+        assert stat.S_ISSOCK(os.stat(path).st_mode)
+        proc.stdin.close()
+        assert proc.wait(10) == 0
+        assert not os.path.lexists(os.path.dirname(path))
+
+
+def test_sigterm_stops_the_worker_and_removes_its_socket() -> None:
+    with worker() as (proc, address):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 143
+        assert not os.path.lexists(os.path.dirname(_unix_path(address)))
+
+
+def test_the_lifeline_takes_the_worker_down_when_the_pool_is_gone() -> None:
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakepit_bridge", "--transport", "grpc"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=_env(SNAKEPIT_LIFELINE_FD=str(read_end), SNAKEPIT_LIFELINE_GRACE="0.2"),
+        pass_fds=(read_end,),
+        start_new_session=True,
+    )
+    os.close(read_end)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith(b"READY ")
+        os.close(write_end)  # the pool "dies"; stdin stays open
+        assert proc.wait(10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        proc.stdout.close()
+
+
+def test_tcp_worker_serves_loopback_and_answers_health_and_info() -> None:
+    async def client(address: str) -> None:
+        from grpclib.client import Channel
+
+        host, _, port = address[len("tcp:") :].rpartition(":")
+        assert host == "127.0.0.1"
+        channel = Channel(host, int(port), codec=SizeLimitedCodec())
+        try:
+            check = await HealthStub(channel).check(HealthCheckRequest())
+            assert check.status == HealthCheckResponseServingStatus.SERVING
+            stub = SnakepitBridgeStub(channel)
+            info = await stub.info()
+            assert info.language == "python" and "stream" in info.features
+            health = await stub.health()
+            assert health.serving
+            reply = await stub.execute(ExecuteRequest(command="echo", args=pack({"b": b"\x01"})))
+            assert reply.success and unpack(reply.result)["echoed"] == {"b": b"\x01"}
+            started = time.monotonic()
+            for _ in range(10):
+                await stub.execute(ExecuteRequest(command="ping"))
+            # TCP_NODELAY is on (IPPROTO_TCP listening socket): no 40 ms delayed-ACK stalls.
+            assert (time.monotonic() - started) / 10 < 0.03
+        finally:
+            channel.close()
+
+    with worker("--listen", "tcp") as (proc, address):
+        assert address.startswith("tcp:127.0.0.1:")
+        asyncio.run(client(address))
+        assert proc.stdin is not None
+        proc.stdin.close()
+        assert proc.wait(10) == 0
+
+
+def test_routes_match_the_generated_service() -> None:
+    mapping = SnakepitBridgeBase().__mapping__()
+    assert {EXECUTE, EXECUTE_STREAM, HEALTH, INFO} == set(mapping)
+
+
+def test_importing_the_library_does_not_load_grpc() -> None:
+    code = (
+        "import sys, snakepit_trio as sp; sp.GrpcPythonAdapter(); "
+        "print(sorted(m for m in ('grpclib', 'betterproto2', 'h2') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=_env(), capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_committed_generated_code_is_current() -> None:
+    spec = importlib.util.spec_from_file_location("generate_proto", ROOT / "proto" / "generate.py")
+    assert spec is not None and spec.loader is not None
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    reason = generate.missing_tools()
+    if reason is not None:
+        pytest.skip(reason)
+    assert generate.stale_files() == [], "run: python proto/generate.py"
