@@ -438,35 +438,40 @@ class ClientConnection:
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[BridgeEvent]:
         """Feed bytes read from the bridge; return the events they completed."""
         self._check_usable()
+        # Requests answered by this call; on an error none of its events is returned, so they
+        # go back in flight (whoever fails the requests in flight fails them too).
+        answered: dict[int, _InFlight] = {}
         try:
             events: list[BridgeEvent] = []
             for payload in self._decoder.feed(data):
                 event = parse_bridge_message(self.codec.decode(payload))
-                events.append(self._track(event))
+                events.append(self._track(event, answered))
             return events
         except ProtocolError as exc:
             self._broken = exc
+            self._in_flight.update(answered)
             raise
 
     def receive_eof(self) -> list[int]:
         """The bridge closed its output. Returns the ids that will never be answered.
 
-        Raises :class:`ProtocolError` when the stream ended inside a frame.
+        Raises :class:`ProtocolError` when the stream ended inside a frame; those ids are
+        then left in :attr:`in_flight`.
         """
-        lost = list(self._in_flight)
-        self._in_flight.clear()
         try:
             self._decoder.check_eof()
         except ProtocolError as exc:
             self._broken = exc
             raise
+        lost = list(self._in_flight)
+        self._in_flight.clear()
         return lost
 
     def _check_usable(self) -> None:
         if self._broken is not None:
             raise self._broken
 
-    def _track(self, event: BridgeEvent) -> BridgeEvent:
+    def _track(self, event: BridgeEvent, answered: dict[int, _InFlight]) -> BridgeEvent:
         if isinstance(event, Response):
             request_id = event.id
             if request_id is None:
@@ -478,8 +483,10 @@ class ClientConnection:
                     )
                 (request_id,) = self._in_flight
                 event = attrs.evolve(event, id=request_id)
-            if self._in_flight.pop(request_id, None) is None:
+            state = self._in_flight.pop(request_id, None)
+            if state is None:
                 raise ProtocolError(f"response for request id {request_id}, which is not in flight")
+            answered[request_id] = state
             return event
         if isinstance(event, StreamChunk):
             state = self._in_flight.get(event.id)
