@@ -45,7 +45,10 @@ PROG = "snakepit-trio"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _T = TypeVar("_T")
 
-ADAPTER_HELP = "python | python:MODULE:CLASS | python:FILE.py:CLASS | node | node:FILE.js | exec:PROGRAM [ARGS]"
+ADAPTER_HELP = (
+    "python | python:MODULE:CLASS | python:FILE.py:CLASS | node | node:FILE.js | "
+    "grpc[:MODULE:CLASS] | exec:PROGRAM [ARGS]"
+)
 
 
 class UsageError(Exception):
@@ -154,26 +157,40 @@ def describe(exc: BaseException, *, debug: bool = False) -> str:
 # ---------------------------------------------------------------------------------- adapters
 
 
+def _handler(spec: str, rest: str) -> tuple[str | None, dict[str, str]]:
+    """The handler and environment of ``python:...`` or ``grpc:...`` adapters."""
+    if not rest:
+        return None, {}
+    target, sep, cls = rest.rpartition(":")
+    if not sep or not target or not cls:
+        kind = spec.partition(":")[0]
+        raise UsageError(f"bad adapter {spec!r}: use {kind}:MODULE:CLASS or {kind}:FILE.py:CLASS")
+    env: dict[str, str] = {}
+    if target.endswith(".py") or os.sep in target:
+        path = Path(target).resolve()
+        if not path.is_file():
+            raise UsageError(f"bad adapter {spec!r}: no such file {target!r}")
+        pythonpath = os.environ.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(path.parent), pythonpath) if p)
+        target = path.stem
+    return f"{target}:{cls}", env
+
+
 def make_adapter(spec: str, wire: Wire = "auto") -> sp.Adapter:
     """Build the adapter named by ``spec`` (see ``ADAPTER_HELP``)."""
     kind, _, rest = spec.partition(":")
     if kind == "python":
-        if not rest:
-            return sp.PythonAdapter(wire=wire)
-        target, sep, cls = rest.rpartition(":")
-        if not sep or not target or not cls:
-            raise UsageError(
-                f"bad adapter {spec!r}: use python:MODULE:CLASS or python:FILE.py:CLASS"
-            )
-        env: dict[str, str] = {}
-        if target.endswith(".py") or os.sep in target:
-            path = Path(target).resolve()
-            if not path.is_file():
-                raise UsageError(f"bad adapter {spec!r}: no such file {target!r}")
-            pythonpath = os.environ.get("PYTHONPATH", "")
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(path.parent), pythonpath) if p)
-            target = path.stem
-        return sp.PythonAdapter(f"{target}:{cls}", wire=wire, env=env)
+        handler, env = _handler(spec, rest)
+        return sp.PythonAdapter(handler, wire=wire, env=env)
+    if kind == "grpc":
+        grpc_adapter = getattr(sp, "GrpcPythonAdapter", None)
+        if grpc_adapter is None:
+            raise CliError(f"this snakepit_trio {sp.__version__} has no gRPC adapter")
+        if wire != "auto":
+            raise UsageError("--wire does not apply to the grpc adapter (it speaks protobuf)")
+        handler, env = _handler(spec, rest)
+        adapter: sp.Adapter = grpc_adapter(handler, env=env)
+        return adapter
     if kind == "node":
         node = shutil.which("node")
         if node is None:
@@ -594,7 +611,7 @@ def _check_import(name: str, dist: str, *, essential: bool, fix: str) -> Check:
 
 
 def _check_socket_dir() -> Check:
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    base = Path(tempfile.gettempdir())  # where gRPC workers make their socket directories
     fix = f"make {base} writable, or point TMPDIR at a writable directory with a short path"
     try:
         with tempfile.TemporaryDirectory(prefix="snakepit-", dir=base) as tmp:
@@ -720,6 +737,7 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
     grpc_fix = "pip install 'snakepit-trio[grpc]' (only for the gRPC adapter)"
     checks.append(_check_import("grpclib", "grpclib", essential=False, fix=grpc_fix))
     checks.append(_check_import("betterproto2", "betterproto2", essential=False, fix=grpc_fix))
+    grpc_ok = checks[-1].ok and checks[-2].ok
     checks.append(_check_socket_dir())
     node_checks = _check_node()
     checks += node_checks
@@ -740,6 +758,16 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
                     sp.NodeAdapter(node=shutil.which("node") or "node"),
                     essential=False,
                     fix=f"`{PROG} --debug doctor` shows the bridge's stderr",
+                )
+            )
+        grpc_adapter = getattr(sp, "GrpcPythonAdapter", None)
+        if grpc_adapter is not None and grpc_ok:
+            found.append(
+                await _check_worker(
+                    "grpc worker",
+                    grpc_adapter(),
+                    essential=False,
+                    fix=f"`{PROG} --debug doctor` shows the worker's stderr",
                 )
             )
         return found

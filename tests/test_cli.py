@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -190,6 +191,21 @@ def test_run_on_node(capsys: pytest.CaptureFixture[str]) -> None:
     )
     assert code == 0, err
     assert json.loads(out)["result"]["result"] == 1024
+
+
+@pytest.mark.skipif(
+    not hasattr(sp, "GrpcPythonAdapter") or importlib.util.find_spec("grpclib") is None,
+    reason="no gRPC adapter or no grpc extra",
+)
+def test_run_over_grpc(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(
+        capsys, "run", "grpc", "echo", '{"b": {"__bytes__": "AAE="}}', "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["result"]["echoed"] == {"b": {"__bytes__": "AAE="}}
+    code, _, err = run_cli(capsys, "run", "grpc", "ping", "--wire", "json")
+    assert code == 2
+    assert_one_line_error(err, "--wire does not apply")
 
 
 # ------------------------------------------------------------------ stream
