@@ -381,7 +381,12 @@ class Worker:
         """Route what the worker wrote. Returns False once the stream is over or broken."""
         if not data:
             self._eof = True
-            conn.receive_eof()
+            try:
+                conn.receive_eof()
+            except WireProtocolError as exc:  # it stopped in the middle of a frame
+                self._protocol_error = exc
+                self.stop(f"protocol error: {exc}")
+                return False
             self.stop("the worker closed its stdout")
             return False
         try:

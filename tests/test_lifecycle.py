@@ -18,7 +18,7 @@ import anyio
 import pytest
 import trio
 import trio.testing
-from conftest import kill_quietly, pid_alive
+from proc_support import kill_quietly, pid_alive
 
 import snakepit_trio as sp
 from snakepit_trio._orphans import OrphanInfo, kill_orphans

@@ -16,7 +16,7 @@ import time
 
 import anyio
 import pytest
-from conftest import pid_alive
+from proc_support import pid_alive
 
 import snakepit_trio as sp
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import pid_alive
+from proc_support import pid_alive
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bridges" / "python"))
