@@ -401,31 +401,7 @@ async def _demo(ns: argparse.Namespace, tour: _Tour) -> None:
             f"{dict(sorted(predictions.items()))}, final value {chunks.result}",
         )
 
-        total = 10_000
-        async with pool.stream(
-            "batch_inference",
-            {"items": list(range(total)), "delay": 0.01},
-            session_id="demo-cancel",
-        ) as chunks:
-            async for chunk in chunks:
-                if chunk["index"] == 4:
-                    break
-        left = time.perf_counter()
-        pid = _session_pid(pool, "demo-cancel")
-        while time.perf_counter() - left < pool.config.cancel_grace + 1:
-            states = {w.pid: w.state for w in pool.workers()}
-            if states.get(pid) == "idle":
-                break
-            await anyio.sleep(0.002)
-        confirmed = time.perf_counter() - left
-        after = await pool.execute_in_session("demo-cancel", "info")
-        server = after["system_info"]["pid"]
-        outcome = (
-            f"worker pid {pid} confirmed the cancel in {_ms(confirmed)} and served the next request"
-            if server == pid
-            else f"worker pid {pid} was replaced; pid {server} served the next request"
-        )
-        tour.step("cancel", f"left a {total}-item stream after {chunks.count} chunks; {outcome}")
+        await _demo_cancel(tour, pool)
 
         if ns.no_node:
             tour.note("node", "skipped (--no-node)")
@@ -434,35 +410,69 @@ async def _demo(ns: argparse.Namespace, tour: _Tour) -> None:
         else:
             await _demo_node(tour)
 
-        tour.line()
-        tour.line(style.bold("  pool.stats()"))
-        stats = pool.stats()
-        keys = list(stats)
-        half = (len(keys) + 1) // 2
-        rows = [
-            [
-                keys[i],
-                stats[keys[i]],
-                *((keys[i + half], stats[keys[i + half]]) if i + half < len(keys) else ()),
-            ]
-            for i in range(half)
-        ]
-        for text in _table(rows):
-            tour.line(text)
-        tour.line()
-        tour.line(style.bold("  pool.workers()"))
-        rows = [["id", "pid", "state", "requests", "rss"]]
-        rows += [
-            [w.id, w.pid, w.state, w.requests, f"{w.rss / 2**20:.1f} MiB" if w.rss else "-"]
-            for w in pool.workers()
-        ]
-        for text in _table(rows):
-            tour.line(text)
+        _show_stats(tour, pool)
     tour.line()
     tour.line(
         style.good(f"demo finished in {_ms(time.perf_counter() - began)}")
         + style.dim("; every worker was shut down on leaving the pool's `async with`")
     )
+
+
+async def _demo_cancel(tour: _Tour, pool: sp.Pool) -> None:
+    """Leave a long stream early, then show which worker serves the session's next call."""
+    total = 10_000
+    async with pool.stream(
+        "batch_inference",
+        {"items": list(range(total)), "delay": 0.01},
+        session_id="demo-cancel",
+    ) as chunks:
+        async for chunk in chunks:
+            if chunk["index"] == 4:
+                break
+    left = time.perf_counter()
+    pid = _session_pid(pool, "demo-cancel")
+    while time.perf_counter() - left < pool.config.cancel_grace + 1:
+        states = {w.pid: w.state for w in pool.workers()}
+        if states.get(pid) == "idle":
+            break
+        await anyio.sleep(0.002)
+    confirmed = time.perf_counter() - left
+    after = await pool.execute_in_session("demo-cancel", "info")
+    server = after["system_info"]["pid"]
+    outcome = (
+        f"worker pid {pid} confirmed the cancel in {_ms(confirmed)} and served the next request"
+        if server == pid
+        else f"worker pid {pid} was replaced; pid {server} served the next request"
+    )
+    tour.step("cancel", f"left a {total}-item stream after {chunks.count} chunks; {outcome}")
+
+
+def _show_stats(tour: _Tour, pool: sp.Pool) -> None:
+    style = tour.style
+    tour.line()
+    tour.line(style.bold("  pool.stats()"))
+    stats = pool.stats()
+    keys = list(stats)
+    half = (len(keys) + 1) // 2
+    rows = [
+        [
+            keys[i],
+            stats[keys[i]],
+            *((keys[i + half], stats[keys[i + half]]) if i + half < len(keys) else ()),
+        ]
+        for i in range(half)
+    ]
+    for text in _table(rows):
+        tour.line(text)
+    tour.line()
+    tour.line(style.bold("  pool.workers()"))
+    rows = [["id", "pid", "state", "requests", "rss"]]
+    rows += [
+        [w.id, w.pid, w.state, w.requests, f"{w.rss / 2**20:.1f} MiB" if w.rss else "-"]
+        for w in pool.workers()
+    ]
+    for text in _table(rows):
+        tour.line(text)
 
 
 async def _demo_node(tour: _Tour) -> None:
