@@ -90,6 +90,12 @@ class PoolConfig:
     drain_timeout: float = attrs.field(default=5.0, validator=_seconds)
     """On close, how long requests in flight may take to finish before the ladder starts."""
 
+    hardened: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    """Run each worker under a small nanny process (Linux): a child subreaper with its own
+    death signal, so even descendants that escape the process group and ignore signals are
+    killed when the worker stops or the pool dies. Costs one small extra process per worker;
+    ``WorkerInfo.pid`` and ``rss`` are then the nanny's."""
+
     # health and recycling
     health_check_interval: float | None = attrs.field(default=30.0, validator=_optional_seconds)
     """Ping each idle worker this often; None disables health checks."""

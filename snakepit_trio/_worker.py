@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -559,7 +560,15 @@ class Worker:
         backoff = self.config.restart_backoff
         try:
             while not self.pool._closing:
-                crashed = await self._run_once()
+                try:
+                    crashed = await self._run_once()
+                except Exception as exc:
+                    # A bug of ours must not take the caller's whole pool down: log it loudly,
+                    # count it as a crash, and let the breaker decide.
+                    logger.exception("worker %d: internal error", self.id)
+                    self.last_error = f"internal error: {exc!r}"
+                    self._first_attempt_done.set()
+                    crashed = True
                 if self.pool._closing:
                     break
                 if not crashed:
@@ -592,10 +601,14 @@ class Worker:
     async def _run_once(self) -> bool:
         """Run one process from spawn to reap. Returns True if it crashed."""
         adapter = self.adapter
+        config = self.config
         self._reset()
         env = self._environment()
+        argv = adapter.argv()
+        if config.hardened:
+            argv = [*_nanny_argv(config.shutdown_grace, config.kill_grace), "--", *argv]
         try:
-            proc = spawn_worker(adapter.argv(), env=env, cwd=adapter.cwd)
+            proc = spawn_worker(argv, env=env, cwd=adapter.cwd)
         except OSError as exc:
             self.last_error = f"could not start {adapter.argv()[0]!r}: {exc}"
             self._stderr_tail[:] = self.last_error.encode()
@@ -756,7 +769,8 @@ class Worker:
         step = await proc.terminate_ladder(
             graceful=graceful_step,
             shutdown_grace=config.shutdown_grace,
-            kill_grace=config.kill_grace,
+            # A nanny runs its own ladder on SIGTERM: give it the time to finish it.
+            kill_grace=config.kill_grace + (1.0 if config.hardened else 0.0),
         )
         with anyio.move_on_after(0.5):
             await stderr_done.wait()
@@ -822,6 +836,23 @@ class Worker:
 
     async def wait_first_attempt(self) -> None:
         await self._first_attempt_done.wait()
+
+
+def _nanny_argv(grace: float, kill_grace: float) -> list[str]:
+    """Start the nanny by file path with ``-I -S``: no site, no environment, standard library
+    only, so it starts fast and whatever PYTHONPATH the worker needs does not affect it."""
+    import snakepit_bridge.nanny as nanny
+
+    return [
+        sys.executable,
+        "-I",
+        "-S",
+        nanny.__file__,
+        "--grace",
+        str(grace),
+        "--kill-grace",
+        str(kill_grace),
+    ]
 
 
 def startup_failure(workers: list[Worker]) -> StartupError:

@@ -1,0 +1,88 @@
+"""Hardened mode: a nanny per worker kills even descendants that escaped the process group."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import anyio
+import pytest
+from proc_support import kill_quietly, pid_alive
+
+import snakepit_trio as sp
+
+TESTING = "snakepit_bridge.testing:TestingHandler"
+HARDENED = sp.PoolConfig(hardened=True, shutdown_grace=0.5, kill_grace=0.5)
+
+
+def wait_dead(pids: list[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if pid_alive(p)]
+        time.sleep(0.02)
+    return alive
+
+
+@pytest.mark.anyio
+async def test_escaped_grandchildren_die_with_the_pool() -> None:
+    async with sp.open_pool(sp.PythonAdapter(TESTING), size=1, config=HARDENED) as pool:
+        assert (await pool.execute("ping"))["status"] == "ok"
+        escaped = (await pool.execute("spawn_child", {"new_session": True}))["pid"]
+        worker = (await pool.execute("getpid"))["pid"]
+        assert pool.workers()[0].pid != worker  # the pool sees the nanny
+    try:
+        assert wait_dead([escaped, worker], 3.0) == []
+    finally:
+        kill_quietly(escaped)
+
+
+@pytest.mark.anyio
+async def test_crash_and_restart_under_a_nanny() -> None:
+    async with sp.open_pool(sp.PythonAdapter(TESTING), size=1, config=HARDENED) as pool:
+        escaped = (await pool.execute("spawn_child", {"new_session": True}))["pid"]
+        with pytest.raises(sp.WorkerCrashed) as info:
+            await pool.execute("crash", {"code": 9})
+        assert info.value.exit_code == 9
+        with anyio.fail_after(10):
+            assert (await pool.execute("ping"))["status"] == "ok"
+    try:
+        assert wait_dead([escaped], 3.0) == []
+    finally:
+        kill_quietly(escaped)
+
+
+PARENT = textwrap.dedent(
+    """
+    import anyio, snakepit_trio as sp
+    async def main():
+        config = sp.PoolConfig(hardened=True, shutdown_grace=0.3, kill_grace=0.3)
+        adapter = sp.PythonAdapter("snakepit_bridge.testing:TestingHandler")
+        async with sp.open_pool(adapter, size=1, config=config) as pool:
+            await pool.execute("ignore_sigterm")
+            pids = [(await pool.execute("getpid"))["pid"], pool.workers()[0].pid]
+            pids.append((await pool.execute("spawn_child", {"new_session": True}))["pid"])
+            print(" ".join(map(str, pids)), flush=True)
+            await pool.execute("block", {"seconds": 600})
+    anyio.run(main)
+    """
+)
+
+
+def test_parent_sigkilled_escaped_and_stubborn_descendants_die() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    try:
+        assert parent.stdout is not None
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) == 3 and all(pid_alive(p) for p in pids)
+        time.sleep(0.2)
+        parent.kill()
+        parent.wait()
+        assert wait_dead(pids, 5.0) == []
+    finally:
+        parent.kill()
+        for pid in pids:
+            kill_quietly(pid)
