@@ -55,6 +55,8 @@ logger = logging.getLogger("snakepit_trio.worker")
 
 WorkerState = Literal["starting", "idle", "busy", "cancelling", "stopping", "stopped"]
 _READ_SIZE: Final = 1 << 18
+# A worker that served this long before it died was not crash-looping: restart it at once.
+_HEALTHY_RUN: Final = 1.0
 
 
 class Waitable(Protocol):
@@ -193,6 +195,7 @@ class Worker:
         self._stop_scope: anyio.CancelScope | None = None
         self._protocol_error: WireProtocolError | None = None
         self._eof = False
+        self._ready_at = 0.0
         self._writing = False
         self._write_lock = anyio.Lock()
         self._stderr_tail = bytearray()
@@ -571,10 +574,12 @@ class Worker:
                     crashed = True
                 if self.pool._closing:
                     break
-                if not crashed:
-                    backoff = self.config.restart_backoff
-                    continue
                 now = time.monotonic()
+                if not crashed or (self._ready_at and now - self._ready_at >= _HEALTHY_RUN):
+                    # A planned stop, or a crash after a healthy run: not a crash loop.
+                    backoff = self.config.restart_backoff
+                if not crashed:
+                    continue
                 crashes.append(now)
                 while crashes and now - crashes[0] > self.config.restart_window:
                     crashes.popleft()
@@ -647,6 +652,7 @@ class Worker:
         self._abandoned = 0
         self._stop_reason = None
         self._stop_graceful = False
+        self._ready_at = 0.0
         self._protocol_error = None
         self._eof = False
         self._writing = False
@@ -695,6 +701,7 @@ class Worker:
                             tm.WorkerReady(self.id, proc.pid, init_time, protocol, features)
                         )
                     self._first_attempt_done.set()
+                    self._ready_at = time.monotonic()
                     self.pool._worker_ready(self)
                     await anyio.sleep_forever()
             finally:
