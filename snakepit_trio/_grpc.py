@@ -295,10 +295,6 @@ class GrpcWorker(Worker):
             raise _StopWorker(
                 f"no answer from the worker's gRPC server at {address}: {exc!r}"
             ) from None
-        if info.pid and info.pid != proc.pid:
-            raise _StopWorker(
-                f"the server at {address} is pid {info.pid}, not the worker {proc.pid}"
-            )
         self.protocol = "grpc"
         self.features = frozenset(info.features) & _KNOWN_FEATURES
         command = self.adapter.init_command

@@ -172,17 +172,17 @@ class Client:
                 reply = await stream.recv_message()
                 if reply is None:
                     raise BadReply("the stream ended without its final reply")
-                if reply.chunk is not None:
-                    window.credits -= 1
+                window.credits -= len(reply.chunks)
+                for data in reply.chunks:
                     try:
-                        value = unpack(reply.chunk)
+                        value = unpack(data)
                     except Exception as exc:
                         raise BadReply(f"a chunk is not MessagePack: {exc!r}") from None
                     on_chunk(value)
-                elif reply.end is not None:
+                if reply.end is not None:
                     return reply.end
-                else:
-                    raise BadReply("a stream message carries neither a chunk nor the end")
+                if not reply.chunks:
+                    raise BadReply("a stream message carries neither chunks nor the end")
 
     async def close(self) -> None:
         """Cancel the calls still running, wait for them, close the channel."""

@@ -95,6 +95,40 @@ def test_sigterm_stops_the_worker_and_removes_its_socket() -> None:
         assert not os.path.lexists(os.path.dirname(_unix_path(address)))
 
 
+def test_sigterm_cuts_a_graceful_stop_short() -> None:
+    async def stall_a_stream(address: str) -> None:
+        from grpclib.client import Channel
+        from grpclib.const import Cardinality
+        from grpclib.exceptions import GRPCError, StreamTerminatedError
+        from snakepit_bridge._grpc_generated.snakepit.v1 import StreamReply
+
+        channel = Channel(path=_unix_path(address), codec=SizeLimitedCodec())
+        request = ExecuteRequest(command="count_stream", args=pack({"count": 10**9}))
+        try:
+            async with channel.request(
+                EXECUTE_STREAM, Cardinality.UNARY_STREAM, ExecuteRequest, StreamReply
+            ) as stream:
+                await stream.send_message(request, end=True)
+                assert (await stream.recv_message()) is not None  # then stop reading
+                assert proc.stdin is not None
+                proc.stdin.close()  # graceful stop: it waits for the stream to finish...
+                await asyncio.sleep(0.3)
+                assert proc.poll() is None
+                proc.send_signal(signal.SIGTERM)  # ...until SIGTERM
+                started = time.monotonic()
+                while proc.poll() is None and time.monotonic() - started < 5:
+                    await asyncio.sleep(0.01)
+        except (StreamTerminatedError, GRPCError, OSError):
+            pass  # the stream breaks when the worker goes
+        finally:
+            channel.close()
+
+    with worker("--handler", "snakepit_bridge.testing:TestingHandler") as (proc, address):
+        asyncio.run(stall_a_stream(address))
+        assert proc.wait(5) == 143
+        assert not os.path.lexists(os.path.dirname(_unix_path(address)))
+
+
 def test_the_lifeline_takes_the_worker_down_when_the_pool_is_gone() -> None:
     read_end, write_end = os.pipe()
     proc = subprocess.Popen(

@@ -94,7 +94,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FEATURES", "GrpcWorkerServer", "serve"]
 
-Emit: TypeAlias = Callable[[bytes], Awaitable[None]]  # sends one packed chunk
+Emit: TypeAlias = Callable[[list[bytes]], Awaitable[None]]  # sends packed chunks, in one message
 Command: TypeAlias = Callable[[dict[str, Any]], Any]  # a registered handler function
 
 FEATURES: Final = (
@@ -145,9 +145,9 @@ class _Window:
                 raise Cancelled("the stream was cancelled")
             self._free -= 1
 
-    def give(self) -> None:
+    def give(self, count: int) -> None:
         with self._condition:
-            self._free += 1
+            self._free += count
             self._condition.notify()
 
     def close(self) -> None:
@@ -226,8 +226,8 @@ class BridgeService(SnakepitBridgeBase):  # type: ignore[misc]
         request = await stream.recv_message()
         assert request is not None
 
-        async def emit(payload: bytes) -> None:
-            await stream.send_message(StreamReply(chunk=payload))
+        async def emit(payloads: list[bytes]) -> None:
+            await stream.send_message(StreamReply(chunks=payloads))
 
         end = await self._run(request, emit)
         await stream.send_message(StreamReply(end=end))
@@ -334,14 +334,14 @@ class BridgeService(SnakepitBridgeBase):  # type: ignore[misc]
                     if emit is None:
                         items.append(item)
                     else:
-                        await emit(self._pack(item))
+                        await emit([self._pack(item)])
             finally:
                 await value.aclose()
             return items if emit is None else None
         if inspect.isawaitable(value):
             value = await value
         if emit is not None:  # a plain command asked for as a stream: its result is one chunk
-            await emit(self._pack(value))
+            await emit([self._pack(value)])
             return None
         return value
 
@@ -373,12 +373,22 @@ class BridgeService(SnakepitBridgeBase):  # type: ignore[misc]
             raise
 
     async def _pump(self, job: _Job, future: asyncio.Future[Any], emit: Emit) -> None:
-        """Send the chunks a sync generator's thread produces until the thread is done."""
+        """Send the chunks a sync generator's thread produces until the thread is done.
+
+        What is ready leaves in one message (bounded by the message size), so a fast
+        generator costs one gRPC message per batch rather than per chunk.
+        """
         items = job.items
+        budget = self.max_message_size - _ENVELOPE
         while True:
             while items:
-                await emit(items.popleft())
-                job.window.give()
+                batch = [items.popleft()]
+                size = len(batch[0])
+                while items and size + len(items[0]) + _ENVELOPE <= budget:
+                    size += len(items[0]) + _ENVELOPE
+                    batch.append(items.popleft())
+                await emit(batch)
+                job.window.give(len(batch))
             job.event.clear()
             job.wake_pending = False  # after the clear: a later push wakes us again
             if items:
@@ -507,12 +517,13 @@ class GrpcWorkerServer:
         self.socket_dir: str | None = None
         self.stdin_closed = False
         self._exit_code = EXIT_OK
-        self._stop: asyncio.Event | None = None
-        self._terminate = False
+        self._stop: asyncio.Event | None = None  # stdin EOF or SIGTERM
+        self._terminated: asyncio.Event | None = None  # SIGTERM
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        self._terminated = asyncio.Event()
         service = BridgeService(
             self.handler,
             max_concurrency=self.max_concurrency,
@@ -530,9 +541,8 @@ class GrpcWorkerServer:
             if self.stdin_fd is not None:
                 loop.add_reader(self.stdin_fd, self._on_stdin)
             await self._stop.wait()
-            if not self._terminate:
-                service.draining = True
-                await service.wait_idle()
+            service.draining = True
+            await self._until_idle_or_terminated(service)
             server.close()
             try:
                 await asyncio.wait_for(server.wait_closed(), self.cancel_grace + 1.0)
@@ -545,6 +555,19 @@ class GrpcWorkerServer:
             service.executor.shutdown(wait=False, cancel_futures=True)
             self.remove_socket()
         return self._exit_code
+
+    async def _until_idle_or_terminated(self, service: BridgeService) -> None:
+        """The graceful stop: running requests finish, unless SIGTERM cuts it short."""
+        assert self._terminated is not None
+        waits = {
+            asyncio.ensure_future(service.wait_idle()),
+            asyncio.ensure_future(self._terminated.wait()),
+        }
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def _bind(self, server: grpclib.server.Server) -> None:
         if self.listen == "tcp":
@@ -601,8 +624,9 @@ class GrpcWorkerServer:
 
     def _on_sigterm(self) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
-        self._terminate = True
         self._exit_code = EXIT_SIGTERM
+        if self._terminated is not None:
+            self._terminated.set()
         self._request_stop()
 
     def _request_stop(self) -> None:

@@ -150,25 +150,14 @@ default_message_pool.register_message("snakepit.v1", "InfoRequest", InfoRequest)
 
 @dataclass(eq=False, repr=False)
 class StreamReply(betterproto2.Message):
+    chunks: "list[bytes]" = betterproto2.field(1, betterproto2.TYPE_BYTES, repeated=True)
+    """
+    msgpack of yielded values, in order: the worker sends what is ready in one message.
     """
 
-
-    Oneofs:
-        - kind:
+    end: "ExecuteReply | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
     """
-
-    chunk: "bytes | None" = betterproto2.field(
-        1, betterproto2.TYPE_BYTES, optional=True, group="kind"
-    )
-    """
-    msgpack of one yielded value.
-    """
-
-    end: "ExecuteReply | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True, group="kind"
-    )
-    """
-    The terminal outcome; always the last message of a stream that ran to its end.
+    The terminal outcome: set in the last message of a stream that ran to its end, only.
     """
 
 
@@ -206,7 +195,7 @@ class SnakepitBridgeStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "AsyncIterator[StreamReply]":
         """
-        Run a (generator) command; one `chunk` per yielded value, then one `end`.
+        Run a (generator) command: its values in `chunks`, in order, then one `end`.
         """
 
         async for response in self._unary_stream(
@@ -278,7 +267,7 @@ class SnakepitBridgeBase(betterproto2_grpclib.ServiceBase):
 
     async def execute_stream(self, message: "ExecuteRequest") -> "AsyncIterator[StreamReply]":
         """
-        Run a (generator) command; one `chunk` per yielded value, then one `end`.
+        Run a (generator) command: its values in `chunks`, in order, then one `end`.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
