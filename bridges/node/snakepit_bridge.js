@@ -856,7 +856,8 @@ function isIterator(value) {
 }
 
 function isThenable(value) {
-  return value !== null && (typeof value === 'object' || typeof value === 'function') && typeof value.then === 'function';
+  const kind = typeof value;
+  return value !== null && (kind === 'object' || kind === 'function') && typeof value.then === 'function';
 }
 
 async function closeIterator(iterator) {
@@ -1444,8 +1445,18 @@ MessagePack needs the optional package ${MSGPACK_PACKAGE}.
 `;
 
 function parseArgs(argv) {
-  const options = { mode: 'pool-worker', protocol: 'auto', module: null, maxConcurrency: DEFAULT_MAX_CONCURRENCY };
-  const takesValue = { '--mode': 'mode', '--protocol': 'protocol', '--module': 'module', '--max-concurrency': 'maxConcurrency' };
+  const options = {
+    mode: 'pool-worker',
+    protocol: 'auto',
+    module: null,
+    maxConcurrency: DEFAULT_MAX_CONCURRENCY,
+  };
+  const takesValue = {
+    '--mode': 'mode',
+    '--protocol': 'protocol',
+    '--module': 'module',
+    '--max-concurrency': 'maxConcurrency',
+  };
   for (let i = 0; i < argv.length; i++) {
     let flag = argv[i];
     let value;
