@@ -209,8 +209,8 @@ def make_adapter(spec: str, wire: Wire = "auto") -> sp.Adapter:
     raise UsageError(f"unknown adapter {spec!r}; use one of: {ADAPTER_HELP}")
 
 
-def _run_async(fn: Callable[[], Awaitable[_T]]) -> _T:
-    return anyio.run(fn, backend="trio")
+def _run_async(fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+    return anyio.run(fn, *args, backend="trio")
 
 
 def _positive_int(text: str) -> int:
@@ -495,12 +495,7 @@ async def _demo_node(tour: _Tour) -> None:
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
-    tour = _Tour(sys.stdout)
-
-    async def go() -> None:
-        await _demo(ns, tour)
-
-    _run_async(go)
+    _run_async(_demo, ns, _Tour(sys.stdout))
     return EXIT_OK
 
 
@@ -632,11 +627,11 @@ def _check_socket_dir() -> Check:
                 )
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.bind(path)
-            mode = oct(os.stat(tmp).st_mode & 0o777)
+        mode = f"{os.stat(base).st_mode & 0o7777:o}"
     except OSError as exc:
         return Check("socket dir", False, f"{base}: {exc}", fix, False)
     return Check(
-        "socket dir", True, f"{base} (private dirs {mode}, Unix sockets bind)", essential=False
+        "socket dir", True, f"{base} (mode {mode}; Unix sockets bind there)", essential=False
     )
 
 
