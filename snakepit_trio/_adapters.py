@@ -134,9 +134,17 @@ class PythonAdapter(Adapter):
     ``handler`` is ``"package.module:HandlerClass"`` (a ``BaseCommandHandler`` subclass); None
     runs the built-in generic commands. ``wire`` forces a codec but keeps negotiation, so the
     bridge's features (streaming, cancellation, multiplexing) stay on.
+
+    ``enhanced=True`` runs ``snakepit_bridge.enhanced:EnhancedCommandHandler`` instead: its
+    ``call`` and ``pipeline`` commands import and call any Python code the caller names, so
+    anyone who can send commands to the pool can run arbitrary code with the worker's rights.
+    Use it only with trusted callers (docs/enhanced-bridge.md). It excludes ``handler``: to
+    add commands to it, subclass ``EnhancedCommandHandler`` and pass that as ``handler``.
     """
 
     speaks_extensions = True
+    #: The handler that ``enhanced=True`` selects.
+    ENHANCED_HANDLER = "snakepit_bridge.enhanced:EnhancedCommandHandler"
 
     def __init__(
         self,
@@ -148,7 +156,17 @@ class PythonAdapter(Adapter):
         cwd: str | os.PathLike[str] | None = None,
         inherit_env: bool = True,
         max_concurrency: int | None = None,
+        enhanced: bool = False,
     ) -> None:
+        label = handler or "generic"
+        if enhanced:
+            if handler is not None:
+                raise ValueError(
+                    "pass either enhanced=True or handler=, not both: to extend the enhanced "
+                    "handler, subclass snakepit_bridge.enhanced.EnhancedCommandHandler and "
+                    "pass it as handler='package.module:YourHandler'"
+                )
+            handler, label = self.ENHANCED_HANDLER, "enhanced"
         args = ["-m", "snakepit_bridge", "--mode", "pool-worker", "--protocol", "auto"]
         if handler is not None:
             if ":" not in handler:
@@ -164,9 +182,10 @@ class PythonAdapter(Adapter):
             env=env,
             cwd=cwd,
             inherit_env=inherit_env,
-            name=f"python bridge ({handler or 'generic'})",
+            name=f"python bridge ({label})",
         )
         self.handler = handler
+        self.enhanced = enhanced
 
     def environment(self) -> dict[str, str]:
         return _bridge_pythonpath(super().environment())
