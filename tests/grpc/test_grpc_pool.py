@@ -240,3 +240,18 @@ async def test_message_size_limits() -> None:
             await pool.execute("big_result", {"size": 300_000})
         assert info.value.error_type == "MessageTooLarge"
         assert len(await pool.execute("big_result", {"size": 200_000})) == 200_000
+
+
+async def test_health_checks_and_recycling_work_over_grpc() -> None:
+    config = sp.PoolConfig(
+        cancel_grace=0.5, shutdown_grace=1.0, health_check_interval=0.05, max_requests=3
+    )
+    async with sp.open_pool(adapter(), size=1, config=config) as pool:
+        pid = pool.workers()[0].pid
+        await anyio.sleep(0.3)  # a few health pings: not counted as requests, nobody replaced
+        assert pool.stats()["requests"] == 0
+        assert pool.workers()[0].pid == pid
+        pids = [(await pool.execute("getpid"))["pid"] for _ in range(4)]
+        assert pids[:3] == [pid] * 3 and pids[3] != pid  # recycled after max_requests
+        stats = pool.stats()
+        assert stats["errors"] == 0 and stats["requests"] == 4
