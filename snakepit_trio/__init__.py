@@ -22,6 +22,7 @@ from ._errors import (
 from ._grpc import GrpcPythonAdapter
 from ._orphans import OrphanInfo, sweep_orphans
 from ._pool import ChunkStream, Pool, open_pool
+from ._programs import Program, create_global_program, create_program, execute_program
 from ._sessions import Session, SessionStore
 from ._telemetry import (
     RequestCompleted,
@@ -46,6 +47,7 @@ __all__ = [
     "PoolClosed",
     "PoolConfig",
     "PoolSaturated",
+    "Program",
     "ProtocolError",
     "PythonAdapter",
     "QueueTimeout",
@@ -66,6 +68,9 @@ __all__ = [
     "WorkerStarted",
     "WorkerTimeout",
     "__version__",
+    "create_global_program",
+    "create_program",
+    "execute_program",
     "node_bridge_path",
     "open_pool",
     "sweep_orphans",
