@@ -23,8 +23,9 @@ Commands (besides the generic handler's):
 
 References: anywhere in ``args``, ``kwargs``, ``value`` (and in ``object``, which is a ref
 path), ``{"$ref": "name.part.0"}`` stands for a pipeline step's result or a stored object,
-then the attributes, keys or indexes that follow the dots. ``{"$literal": x}`` passes ``x``
-without looking for refs in it.
+then the keys, indexes or attributes that follow the dots; ``{"$import": "pkg.mod:name"}``
+for an importable object, uncalled (``{"$import": "float"}`` to pass ``float`` to ``map``).
+``{"$literal": x}`` passes ``x`` without looking for refs in it.
 
 Results go back wire-safe: a value neither JSON nor MessagePack can carry (a ``Decimal``, a
 non-finite float, an object) becomes ``{"__type__": "decimal.Decimal", "repr": "..."}``.
@@ -65,6 +66,7 @@ ENHANCED_COMMANDS = (
     "pipeline",
 )
 REF = "$ref"
+IMPORT = "$import"
 LITERAL = "$literal"
 _MAX_DEPTH = 100
 _DEFAULT_REPR = 200
@@ -259,11 +261,13 @@ class _Scope:
         return obj
 
     def resolve(self, value: Any) -> Any:
-        """``value`` with every ``{"$ref": path}`` replaced by what it names."""
+        """``value`` with every ``$ref`` and ``$import`` replaced by what it names."""
         if isinstance(value, dict):
             if len(value) == 1:
                 if REF in value:
                     return self.lookup(value[REF])
+                if IMPORT in value:
+                    return _import_target(value[IMPORT])
                 if LITERAL in value:
                     return value[LITERAL]
             return {k: self.resolve(v) for k, v in value.items()}
