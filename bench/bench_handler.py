@@ -29,6 +29,7 @@ class BenchHandler(GenericCommandHandler):
         self.register_command("count_stream", self.handle_count_stream)
         self.register_command("blob_stream", self.handle_blob_stream)
         self.register_command("block", self.handle_block)
+        self.register_command("spin", self.handle_spin)
 
     def handle_bench_echo(self, args: dict[str, Any]) -> dict[str, Any]:
         """Return the arguments unchanged: the same job as ``workloads.echo`` for the peers."""
@@ -48,6 +49,14 @@ class BenchHandler(GenericCommandHandler):
         for _ in range(n):
             yield blob
         return n
+
+    def handle_spin(self, args: dict[str, Any]) -> int:
+        """Burn ``us`` microseconds of CPU (a stand-in for real work); returns the loop count."""
+        deadline = time.perf_counter() + float(args.get("us", 100)) / 1e6
+        loops = 0
+        while time.perf_counter() < deadline:
+            loops += 1
+        return loops
 
     def handle_block(self, args: dict[str, Any]) -> str:
         """Hold the worker for ``seconds`` (cooperatively: a cancel ends it within ~5 ms)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import resource
 import statistics
 import time
 from collections.abc import Iterable
@@ -37,53 +36,77 @@ def percentile(values: Iterable[float], q: float) -> float:
     return data[low] + (data[high] - data[low]) * (rank - low)
 
 
-def _self_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _proc_cpu(proc: psutil.Process) -> float:
+def _task_runtime(pid: int) -> float:
+    """CPU seconds of every thread of ``pid``, from /proc schedstat (nanosecond precision;
+    psutil's cpu_times counts 10 ms clock ticks)."""
+    total = 0
     try:
-        times = proc.cpu_times()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
         return 0.0
-    return times.user + times.system
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
+def _minor_faults(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+        return int(fields[7])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _counters(pid: int) -> tuple[float, int]:
+    return _task_runtime(pid), _minor_faults(pid)
 
 
 class CpuMeter:
-    """CPU seconds spent by this process and by its (live) descendants between start and stop.
+    """CPU seconds (and minor page faults) of this process and of its live descendants
+    between start and stop.
 
-    Workers are counted with psutil while they are alive (``RUSAGE_CHILDREN`` only counts
-    children after they are reaped, i.e. after the pool is gone); a worker that exits in
-    between is counted up to its last sighting.
+    Workers are counted while they are alive (``RUSAGE_CHILDREN`` only counts children once
+    they are reaped, i.e. after the pool is gone); a worker that exits in between is counted
+    up to its last sighting. Threads that end in between are not counted.
     """
 
     def __init__(self) -> None:
         self._me = psutil.Process()
-        self._parent0 = 0.0
-        self._children0: dict[int, float] = {}
-        self._children_last: dict[int, float] = {}
+        self._parent0 = (0.0, 0)
+        self._children0: dict[int, tuple[float, int]] = {}
+        self._children_last: dict[int, tuple[float, int]] = {}
+        self.parent_faults = 0
+        self.worker_faults = 0
 
-    def _children(self) -> dict[int, float]:
+    def _children(self) -> dict[int, tuple[float, int]]:
         try:
             kids = self._me.children(recursive=True)
         except psutil.Error:
             return {}
-        return {kid.pid: _proc_cpu(kid) for kid in kids}
+        return {kid.pid: _counters(kid.pid) for kid in kids}
 
     def start(self) -> None:
         self._children0 = self._children()
         self._children_last = dict(self._children0)
-        self._parent0 = _self_cpu()
+        self._parent0 = _counters(os.getpid())
 
     def stop(self) -> tuple[float, float]:
         """(parent CPU seconds, workers' CPU seconds) since ``start``."""
-        parent = _self_cpu() - self._parent0
-        now = self._children()
-        self._children_last.update(now)
-        workers = sum(
-            cpu - self._children0.get(pid, 0.0) for pid, cpu in self._children_last.items()
-        )
+        cpu, faults = _counters(os.getpid())
+        parent = cpu - self._parent0[0]
+        self.parent_faults = faults - self._parent0[1]
+        self._children_last.update(self._children())
+        workers = 0.0
+        self.worker_faults = 0
+        for pid, (cpu, faults) in self._children_last.items():
+            cpu0, faults0 = self._children0.get(pid, (0.0, 0))
+            workers += cpu - cpu0
+            self.worker_faults += faults - faults0
         return parent, max(0.0, workers)
 
 
@@ -93,6 +116,8 @@ class Stopwatch:
     elapsed = 0.0
     parent_cpu = 0.0
     worker_cpu = 0.0
+    parent_faults = 0
+    worker_faults = 0
 
     def __enter__(self) -> Stopwatch:
         self._meter = CpuMeter()
@@ -103,6 +128,8 @@ class Stopwatch:
     def __exit__(self, *exc_info: object) -> None:
         self.elapsed = time.perf_counter() - self._started
         self.parent_cpu, self.worker_cpu = self._meter.stop()
+        self.parent_faults = self._meter.parent_faults
+        self.worker_faults = self._meter.worker_faults
 
 
 @dataclass

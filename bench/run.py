@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import linecache
 import statistics
 import subprocess
 import sys
@@ -330,9 +331,10 @@ def _growth(before: Any, after: Any, n: int, use_tracemalloc: bool) -> dict[str,
     top = [
         {
             "where": f"{Path(d.traceback[0].filename).name}:{d.traceback[0].lineno}",
+            "code": linecache.getline(d.traceback[0].filename, d.traceback[0].lineno).strip()[:70],
             "bytes_per_item": round(d.size_diff / n, 1),
         }
-        for d in sorted(diff, key=lambda d: d.size_diff, reverse=True)[:8]
+        for d in sorted(diff, key=lambda d: d.size_diff, reverse=True)[:14]
     ]
     return {"traced_bytes_per_item": total / n, "top": top}
 
