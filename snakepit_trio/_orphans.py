@@ -85,7 +85,7 @@ def _pool_alive(run_id: str, boot_time: float) -> bool:
         pool_pid_text, started_text, _ = run_id.split("-", 2)
         pool_pid, run_started = int(pool_pid_text), int(started_text)
     except ValueError:
-        return False  # not one of ours: treat as dead only if it carries our variable
+        return True  # not a run id we wrote: never treat its owner as dead
     stat = _stat(pool_pid)
     if stat is None or stat[0] == "Z":
         return False

@@ -533,13 +533,18 @@ class Pool:
         try:
             with anyio.move_on_at(queue_deadline):
                 await waiter.event.wait()
+        except BaseException:
+            handed = waiter.worker
+            if handed is not None:
+                # A worker was handed over just as this caller was cancelled: pass it on.
+                waiter.worker = None
+                self._release(handed)
+            raise
         finally:
             if not waiter.done:
                 waiter.done = True
                 self._queued -= 1
                 self._compact_waiters()
-            elif waiter.worker is not None and not waiter.event.is_set():  # pragma: no cover
-                pass
         worker = waiter.worker
         if worker is not None:
             return worker

@@ -361,3 +361,17 @@ async def test_restart_storm_trips_the_breaker(tmp_path: Path) -> None:
             await pool.execute("ping")
         assert time.monotonic() - start < 0.5
         assert pool.workers()[0].restarts == 3
+
+
+def test_sweep_never_kills_a_process_with_a_foreign_run_id() -> None:
+    stranger = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        env={**os.environ, "SNAKEPIT_RUN_ID": "not-one-of-ours"},
+    )
+    try:
+        time.sleep(0.2)
+        assert all(o.pid != stranger.pid for o in sp.sweep_orphans(dry_run=False))
+        assert pid_alive(stranger.pid)
+    finally:
+        stranger.kill()
+        stranger.wait()

@@ -394,3 +394,24 @@ async def test_worker_states_during_a_call() -> None:
             assert pool.stats()["available"] == 0
         assert pool.workers()[0].state == "idle"
         assert pool.workers()[0].requests == 1
+
+
+async def test_cancelled_waiters_never_leak_a_worker() -> None:
+    """A queued caller cancelled just as a worker is handed to it passes the worker on."""
+    import random
+
+    rng = random.Random(7)
+    async with sp.open_pool(sp.PythonAdapter(), size=2, config=FAST) as pool:
+        for _ in range(10):
+            async with anyio.create_task_group() as tg:
+                for _ in range(40):
+
+                    async def call() -> None:
+                        with anyio.move_on_after(rng.uniform(0.0005, 0.01)):
+                            await pool.execute("echo", {"x": 1})
+
+                    tg.start_soon(call)
+            with anyio.fail_after(5):
+                while pool.stats()["available"] < 2:
+                    await anyio.sleep(0.01)
+        assert pool.stats()["queued"] == 0
