@@ -605,7 +605,7 @@ def test_well_framed_garbage_payloads_raise_only_protocol_error(
         pass
 
 
-@settings(max_examples=300)
+@settings(max_examples=200)
 @given(S.codecs, st.lists(structured, min_size=1, max_size=4), st.data())
 def test_well_encoded_odd_messages_raise_only_protocol_error(
     codec: Codec, values: list[Any], data: st.DataObject
