@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -153,8 +154,6 @@ def test_response_wire_shapes() -> None:
 
 
 def test_default_timestamps_are_filled_in_as_utc_iso8601() -> None:
-    import re
-
     pattern = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
     assert re.fullmatch(pattern, Request(1, "x").timestamp)
     assert re.fullmatch(pattern, Response(1, True).to_wire()["timestamp"])
