@@ -92,10 +92,15 @@ class _Hub:
         done = anyio.Event()
         holder: list[asyncio.Task[T]] = []
 
+        def finished(task: asyncio.Task[T]) -> None:
+            if not task.cancelled():
+                task.exception()  # mark it retrieved: the host reads the outcome
+            self.to_host(done.set)
+
         def start() -> None:
             task = self.loop.create_task(factory())
             holder.append(task)
-            task.add_done_callback(lambda _: self.to_host(done.set))
+            task.add_done_callback(finished)
 
         def cancel() -> None:
             if holder:
