@@ -24,7 +24,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast
 
 import anyio
 import anyio.abc
@@ -399,6 +399,8 @@ class Worker:
             for event in conn.receive_data(data):
                 self._route(event)
         except WireProtocolError as exc:
+            for answered in exc.events:  # completed before the violation: deliver them
+                self._route(cast("Response | StreamChunk | Heartbeat", answered))
             self._protocol_error = exc
             self.stop(f"protocol error: {exc}")
             return False

@@ -125,19 +125,8 @@ async def test_bridge_that_closes_stdout_and_ignores_sigterm_is_killed(kit: Faul
 
 @pytest.mark.parametrize("apart", [False, True], ids=["one-write", "two-writes"])
 async def test_answering_twice_delivers_the_first_answer_then_replaces_the_worker(
-    kit: FaultKit, apart: bool, request: pytest.FixtureRequest
+    kit: FaultKit, apart: bool
 ) -> None:
-    if not apart:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "ClientConnection.receive_data (snakepit_bridge/protocol/messages.py) "
-                    "raises on the duplicate and drops the valid response decoded from the "
-                    "same read, so the caller gets ProtocolError instead of its answer"
-                ),
-            )
-        )
     fault = "answer_twice_apart" if apart else "answer_twice"
     with anyio.fail_after(BOUND):
         async with sp.open_pool(kit.adapter(fault), size=1, config=FAULT_CONFIG) as pool:

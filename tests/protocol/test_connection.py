@@ -188,7 +188,8 @@ def test_a_second_response_is_a_protocol_error_and_the_connection_stays_broken()
     ):
         with pytest.raises(ProtocolError) as again:
             action()
-        assert again.value is info.value
+        assert str(again.value) == str(info.value)
+        assert again.value.events == ()
 
 
 def test_a_chunk_after_the_final_response_is_a_protocol_error() -> None:
@@ -202,9 +203,9 @@ def test_a_chunk_after_the_final_response_is_a_protocol_error() -> None:
         conn.receive_data(frame(JSON, StreamChunk(1, 1, "b")))
 
 
-def test_an_error_in_a_batch_leaves_the_undelivered_responses_in_flight() -> None:
-    # The events completed before the bad frame are not returned (receive_data raises), so
-    # their requests must still count as in flight: they will fail with the error.
+def test_an_error_in_a_batch_delivers_the_events_before_it() -> None:
+    # The events completed before the bad frame ride on the exception: those requests were
+    # answered; only the others stay in flight and fail with the error.
     conn = ClientConnection(JSON)
     for i in (1, 2, 3):
         conn.send_request(Request(i, "s", stream=i == 3))
@@ -214,10 +215,11 @@ def test_an_error_in_a_batch_leaves_the_undelivered_responses_in_flight() -> Non
         + frame(JSON, Response(None, True, timestamp=TS))  # two in flight: not attributable
         + frame(JSON, Response(2, True, timestamp=TS))
     )
-    with pytest.raises(ProtocolError, match="null id"):
+    with pytest.raises(ProtocolError, match="null id") as info:
         conn.receive_data(data)
-    assert conn.in_flight == {1, 2, 3}
-    assert sorted(conn.receive_eof()) == [1, 2, 3]
+    assert info.value.events == (Response(1, True, timestamp=TS), StreamChunk(3, 0, "a"))
+    assert conn.in_flight == {2, 3}
+    assert sorted(conn.receive_eof()) == [2, 3]
 
 
 def test_heartbeats_pass_through_and_change_nothing() -> None:
@@ -277,8 +279,8 @@ class ConnectionMachine(RuleBasedStateMachine):
     connection in random chunks and checks that each ``receive_data`` call returns exactly the
     frames it completed, in order, routed to the right id. A misbehaving frame is queued
     behind whatever is pending and everything is delivered: the call that completes it must
-    raise ProtocolError and return nothing, leaving in flight every request whose answer it
-    did not return. The machine then fails those requests and starts a new connection.
+    raise ProtocolError carrying the frames completed before the bad one (``events``), leaving
+    in flight every request whose answer it did not deliver. The machine then fails those requests and starts a new connection.
     """
 
     def __init__(self) -> None:
@@ -334,7 +336,7 @@ class ConnectionMachine(RuleBasedStateMachine):
                 self.head_start, event = self.expected.pop(0)
                 done.append(event)
             if BAD in done:
-                self.check_broken(piece)
+                self.check_broken(piece, done[: done.index(BAD)])
                 return True
             assert self.conn.receive_data(piece) == done
             for event in done:
@@ -346,14 +348,18 @@ class ConnectionMachine(RuleBasedStateMachine):
     def flush(self, cuts: list[int] = ()) -> bool:
         return self.deliver_bytes(len(self.pending), list(cuts))
 
-    def check_broken(self, piece: bytes) -> None:
+    def check_broken(self, piece: bytes, before: list[Any]) -> None:
         with pytest.raises(ProtocolError) as info:
             self.conn.receive_data(piece)
-        # Nothing of that call was delivered, so its requests are all still in flight.
+        # What that call completed before the bad frame rides on the exception.
+        assert list(info.value.events) == before
+        for event in before:
+            self.apply(event)
         assert self.conn.in_flight == set(self.in_flight)
         with pytest.raises(ProtocolError) as again:
             self.conn.receive_data(b"")
-        assert again.value is info.value
+        assert str(again.value) == str(info.value)
+        assert again.value.events == ()
         with pytest.raises(ProtocolError):
             self.conn.send_request(Request(self.next_id, "after-break"))
         for request_id in self.in_flight:

@@ -24,7 +24,13 @@ _unpack_header = HEADER.unpack_from
 
 
 class ProtocolError(Exception):
-    """The peer broke the wire protocol (bad frame, bad payload, bad message)."""
+    """The peer broke the wire protocol (bad frame, bad payload, bad message).
+
+    ``events``: when ``ClientConnection.receive_data`` raises it, the valid events that the
+    same call completed before the violation, in order (they are answered, not lost).
+    """
+
+    events: tuple[object, ...] = ()
 
 
 def encode_frame(payload: bytes, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:

@@ -436,21 +436,25 @@ class ClientConnection:
 
     # -- incoming
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[BridgeEvent]:
-        """Feed bytes read from the bridge; return the events they completed."""
+        """Feed bytes read from the bridge; return the events they completed.
+
+        On a violation it raises :class:`ProtocolError` whose ``events`` are the valid events
+        this call completed before it: those requests were answered and are no longer in
+        flight. The connection is broken from then on (every later call raises the original
+        error, without events).
+        """
         self._check_usable()
-        # Requests answered by this call; on an error none of its events is returned, so they
-        # go back in flight (whoever fails the requests in flight fails them too).
-        answered: dict[int, _InFlight] = {}
+        events: list[BridgeEvent] = []
         try:
-            events: list[BridgeEvent] = []
             for payload in self._decoder.feed(data):
                 event = parse_bridge_message(self.codec.decode(payload))
-                events.append(self._track(event, answered))
+                events.append(self._track(event))
             return events
         except ProtocolError as exc:
             self._broken = exc
-            self._in_flight.update(answered)
-            raise
+            delivered = ProtocolError(*exc.args)
+            delivered.events = tuple(events)
+            raise delivered from None
 
     def receive_eof(self) -> list[int]:
         """The bridge closed its output. Returns the ids that will never be answered.
@@ -471,7 +475,7 @@ class ClientConnection:
         if self._broken is not None:
             raise self._broken
 
-    def _track(self, event: BridgeEvent, answered: dict[int, _InFlight]) -> BridgeEvent:
+    def _track(self, event: BridgeEvent) -> BridgeEvent:
         if isinstance(event, Response):
             request_id = event.id
             if request_id is None:
@@ -486,7 +490,6 @@ class ClientConnection:
             state = self._in_flight.pop(request_id, None)
             if state is None:
                 raise ProtocolError(f"response for request id {request_id}, which is not in flight")
-            answered[request_id] = state
             return event
         if isinstance(event, StreamChunk):
             state = self._in_flight.get(event.id)
