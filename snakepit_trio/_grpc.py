@@ -382,19 +382,13 @@ class GrpcWorker(Worker):
         if remote is not None and remote.window is not None and self._hub is not None:
             self._hub.call_soon(remote.window.grant, credits)
 
-    async def _cancel_and_watch(self, call: _Call, reason: str) -> None:
+    async def _send_cancel(self, call: _Call) -> bool:
         remote = self._remotes.get(call.id)
         hub = self._hub
-        if remote is None or hub is None or call.done:
-            return
-        hub.call_soon(_cancel_task, remote)
-        grace = self.config.cancel_grace
-        if call.event.is_set():  # set by the deadline watcher to wake the caller
-            call.event = self.pool._new_event()
-        with anyio.move_on_after(grace):
-            await call.event.wait()
-        if not call.done:
-            self.stop(f"{reason}; its gRPC call did not end within {grace} s of its cancel")
+        if remote is None or hub is None:
+            return False
+        hub.call_soon(_cancel_task, remote)  # grpclib then sends RST_STREAM
+        return True
 
     # -- on the gRPC loop
     def _launch(

@@ -324,20 +324,29 @@ class Worker:
             self.stop(f"{reason}; the bridge cannot cancel, so the worker is replaced")
 
     async def _cancel_and_watch(self, call: _Call, reason: str) -> None:
-        conn = self.conn
-        if conn is None or call.done:
+        """Ask the bridge to cancel ``call``; replace the worker if it does not end in time."""
+        if call.done:
             return
-        frame = conn.send_cancel(call.id)
         grace = self.config.cancel_grace
         if call.event.is_set():
             # The deadline watcher set it to wake the caller; wait for the real answer.
             call.event = self.pool._new_event()
         with anyio.move_on_after(grace):
-            if frame:
-                await self.write(frame)
+            if not await self._send_cancel(call):
+                return
             await call.event.wait()
         if not call.done:
-            self.stop(f"{reason}; the bridge did not confirm the cancel within {grace} s")
+            self.stop(f"{reason}; the request did not end within {grace} s of its cancel")
+
+    async def _send_cancel(self, call: _Call) -> bool:
+        """Transport hook: deliver the cancel of ``call``. False if there is nothing to cancel."""
+        conn = self.conn
+        if conn is None:
+            return False
+        frame = conn.send_cancel(call.id)
+        if frame:
+            await self.write(frame)
+        return True
 
     def grant_credit(self, call: _Call, credits: int) -> None:
         conn = self.conn
