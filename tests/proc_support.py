@@ -21,3 +21,16 @@ def kill_quietly(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except OSError:
         pass
+
+
+def wait_dead(pids: list[int], timeout: float) -> list[int]:
+    """Wait until every pid is gone; return those still alive at the deadline."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if pid_alive(p)]
+        if alive:
+            time.sleep(0.02)
+    return alive

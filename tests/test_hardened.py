@@ -9,21 +9,12 @@ import time
 
 import anyio
 import pytest
-from proc_support import kill_quietly, pid_alive
+from proc_support import kill_quietly, pid_alive, wait_dead
 
 import snakepit_trio as sp
 
 TESTING = "snakepit_bridge.testing:TestingHandler"
 HARDENED = sp.PoolConfig(hardened=True, shutdown_grace=0.5, kill_grace=0.5)
-
-
-def wait_dead(pids: list[int], timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if pid_alive(p)]
-        time.sleep(0.02)
-    return alive
 
 
 @pytest.mark.anyio

@@ -18,7 +18,7 @@ import anyio
 import pytest
 import trio
 import trio.testing
-from proc_support import kill_quietly, pid_alive
+from proc_support import kill_quietly, pid_alive, wait_dead
 
 import snakepit_trio as sp
 from snakepit_trio._orphans import OrphanInfo, kill_orphans
@@ -26,17 +26,6 @@ from snakepit_trio._process import spawn_worker
 
 HANDLERS = str(Path(__file__).parent / "handlers")
 TESTING = "snakepit_bridge.testing:TestingHandler"
-
-
-def wait_dead(pids: list[int], timeout: float) -> list[int]:
-    """Wait until every pid is gone; return those still alive at the deadline."""
-    deadline = time.monotonic() + timeout
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if pid_alive(p)]
-        if alive:
-            time.sleep(0.02)
-    return alive
 
 
 # ---------------------------------------------------------------- the ladder, on a mock clock
