@@ -563,7 +563,16 @@ class Worker:
                 continue
             if not data:
                 raise _StopWorker(f"the worker exited before answering {command!r}")
-            for event in conn.receive_data(data):
+            try:
+                events = conn.receive_data(data)
+            except WireProtocolError as exc:
+                if constants.PROTOCOL_SELECTED in str(exc):
+                    raise _StopWorker(
+                        "the answer to protocol negotiation arrived after negotiation_timeout "
+                        f"({self.config.negotiation_timeout} s); raise that timeout"
+                    ) from None
+                raise
+            for event in events:
                 if isinstance(event, Response):
                     if not event.success:
                         raise _StopWorker(f"init command {command!r} failed: {event.error}")

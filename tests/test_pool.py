@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -415,3 +416,24 @@ async def test_cancelled_waiters_never_leak_a_worker() -> None:
                 while pool.stats()["available"] < 2:
                     await anyio.sleep(0.01)
         assert pool.stats()["queued"] == 0
+
+
+LATE_NEGOTIATOR = """
+import json, os, struct, sys, time
+def read_frame():
+    head = sys.stdin.buffer.read(4)
+    return sys.stdin.buffer.read(struct.unpack(">I", head)[0])
+read_frame()
+time.sleep(0.4)
+reply = json.dumps({"type": "protocol_selected", "protocol": "json"}).encode()
+os.write(1, struct.pack(">I", len(reply)) + reply)
+time.sleep(30)
+"""
+
+
+async def test_a_late_negotiation_answer_is_named_as_such() -> None:
+    adapter = sp.Adapter(sys.executable, None, ["-c", LATE_NEGOTIATOR])
+    config = sp.PoolConfig(negotiation_timeout=0.1, max_restarts=1, kill_grace=0.5)
+    with pytest.raises(sp.StartupError, match="after negotiation_timeout"):
+        async with sp.open_pool(adapter, size=1, config=config):
+            pass
