@@ -81,6 +81,10 @@ class _Stats:
         self.pool_saturated = 0
 
 
+def _free_slots(worker: Worker) -> int:
+    return worker.free
+
+
 def _response_error(response: Any) -> SnakepitError:
     message = response.error or "command failed"
     error_type = response.error_type
@@ -509,6 +513,10 @@ class Pool:
         idle = self._idle
         if idle:
             worker = idle[-1]
+            if worker.capacity > 1 and len(idle) > 1:
+                # Several in flight per worker: spread the load (the least busy worker), or
+                # one worker would take every request while the others sit idle.
+                worker = max(idle, key=_free_slots)
             self._take(worker)
             return worker
         return None
