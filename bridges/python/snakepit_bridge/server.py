@@ -64,6 +64,8 @@ EXIT_SIGTERM = 143
 # Below glibc's mmap threshold (128 KiB): a larger os.read buffer costs an mmap and a munmap
 # per call, which here is ~60 us, several times the rest of a request's cost.
 _READ_SIZE = 64 * 1024
+# Results of these types are returned as they are: no generator or awaitable checks needed.
+_PLAIN_RESULTS = frozenset({dict, list, str, int, float, bool, bytes, type(None)})
 # A command whose last run took less than this is "quick": its response may wait (briefly) to
 # leave in one write with the responses of the requests queued behind it.
 _QUICK = 0.001
@@ -209,10 +211,12 @@ class ProtocolHandler:
             self._read(block=False)
             self._flush()
 
-    def _poll(self, ctx: RequestContext) -> bool:
-        """What ``ctx.cancelled`` asks: handle waiting input, then say if ``ctx`` is cancelled."""
+    def _poll_running(self) -> bool:
+        """What ``ctx.cancelled`` asks: handle waiting input, then say if the running request
+        was cancelled."""
         self._poll_input()
-        return ctx._cancelled
+        job = self._job
+        return job is not None and job.ctx._cancelled
 
     def _on_readable(self) -> bool:
         """The async loop saw stdin readable."""
@@ -376,8 +380,7 @@ class ProtocolHandler:
         credits: int | None,
     ) -> dict[str, Any]:
         """Run one request; return its terminal response."""
-        ctx = RequestContext(request_id, command, args, stream=stream)
-        ctx._poll = lambda: self._poll(ctx)
+        ctx = RequestContext(request_id, command, args, stream=stream, poll=self._poll_running)
         job = self._job = _Job(ctx, credits)
         token = bind_context(ctx)
         started = time.monotonic()
@@ -398,6 +401,8 @@ class ProtocolHandler:
         self, job: _Job, function: Callable[[dict[str, Any]], Any], args: dict[str, Any]
     ) -> Any:
         value = function(args)
+        if type(value) in _PLAIN_RESULTS and not job.ctx.stream:
+            return value  # the common case, without the ABC checks below
         if isinstance(value, (Generator, AsyncGenerator)):
             if job.ctx.stream:
                 return self._drain(job, value, lambda item: self._send_chunk(job, item))
