@@ -72,8 +72,12 @@ class PoolConfig:
     max_in_flight: int = attrs.field(default=1, validator=_positive_int)
     """Requests in flight per worker, for bridges that announce ``multiplex`` (capped by the
     bridge's ``max_concurrency``). 1 is Snakepit's behaviour."""
-    stream_credits: int = attrs.field(default=32, validator=_positive_int)
-    """Chunks a stream may have in flight before the consumer takes them (backpressure)."""
+    stream_credits: int = attrs.field(default=64, validator=_positive_int)
+    """Most chunks a stream may run ahead of its consumer (backpressure). A stream starts with
+    at most 8 and grows its window as the consumer keeps up."""
+    stream_window: int = attrs.field(default=8 * 1024 * 1024, validator=_positive_int)
+    """Bytes a stream may run ahead of its consumer: big chunks get fewer credits, so a slow
+    consumer of large chunks keeps memory flat."""
     affinity: Affinity = attrs.field(
         default="hint", validator=attrs.validators.in_(("hint", "strict", "fail"))
     )

@@ -49,6 +49,8 @@ logger = logging.getLogger("snakepit_trio")
 logger.addHandler(logging.NullHandler())
 
 _UNKNOWN_COMMAND_PREFIXES: Final = ("unknown command", "unsupported command")
+# Credits a stream starts with, before the pool knows how big its chunks are.
+INITIAL_STREAM_CREDITS: Final = 8
 
 
 class _Waiter:
@@ -102,13 +104,27 @@ class ChunkStream:
     ``result`` holds the stream's final value (the generator's return value).
     """
 
-    def __init__(self, call: _Call, worker: Worker, credits: int | None) -> None:
+    def __init__(self, call: _Call, worker: Worker, credits: int | None, window: int) -> None:
         self._call = call
         self._worker = worker
-        self._credits = credits
-        self._ungranted = 0
+        self._max_credits = credits  # None: the transport does its own flow control
+        self._window = window
+        self._granted = min(credits, INITIAL_STREAM_CREDITS) if credits is not None else 0
         self.result: Any = None
         self.count = 0
+
+    def _grant(self) -> None:
+        """Keep the stream's allowance near its window: fewer credits for bigger chunks."""
+        assert self._max_credits is not None
+        call = self._call
+        allowed = self._max_credits
+        if call.chunks_in:
+            average = call.bytes_in / call.chunks_in
+            allowed = max(1, min(allowed, int(self._window // max(average, 1.0))))
+        outstanding = self._granted - self.count
+        if outstanding * 2 <= allowed:
+            self._granted += allowed - outstanding
+            self._worker.grant_credit(call, allowed - outstanding)
 
     def __aiter__(self) -> ChunkStream:
         return self
@@ -121,11 +137,8 @@ class ChunkStream:
             if chunks:
                 item = chunks.popleft()
                 self.count += 1
-                if self._credits is not None:
-                    self._ungranted += 1
-                    if self._ungranted * 2 >= self._credits:
-                        self._worker.grant_credit(call, self._ungranted)
-                        self._ungranted = 0
+                if self._max_credits is not None:
+                    self._grant()
                 return item
             if call.done:
                 if call.error is not None:
@@ -231,7 +244,7 @@ class Pool:
             command, args, session_id, deadline, stream=True
         )
         credits = self.config.stream_credits if constants.FEATURE_CREDIT in worker.features else None
-        chunks = ChunkStream(call, worker, credits)
+        chunks = ChunkStream(call, worker, credits, self.config.stream_window)
         outcome: tm.Outcome = "error"
         try:
             await worker.write(frame)
@@ -332,7 +345,7 @@ class Pool:
         }
         if stream:
             message["stream"] = True
-            message["credits"] = self.config.stream_credits
+            message["credits"] = min(self.config.stream_credits, INITIAL_STREAM_CREDITS)
         try:
             payload = codec.encode(message)
         except (TypeError, ValueError, OverflowError) as exc:

@@ -113,8 +113,10 @@ class _Call:
 
     __slots__ = (
         "abandoned",
+        "bytes_in",
         "chunk_event",
         "chunks",
+        "chunks_in",
         "command",
         "consumed",
         "deadline",
@@ -151,6 +153,8 @@ class _Call:
         self.started = 0.0
         self.chunks: deque[Any] | None = deque() if stream else None
         self.chunk_event: Waitable | None = None
+        self.bytes_in = 0.0  # stream bytes received (estimated per read) and chunks received
+        self.chunks_in = 0
         self.consumed = 0
 
     def finish(self, response: Response | None, error: SnakepitError | None) -> None:
@@ -197,6 +201,7 @@ class Worker:
         self._stop_scope: anyio.CancelScope | None = None
         self._protocol_error: WireProtocolError | None = None
         self._eof = False
+        self._unattributed = 0
         self._ready_at = 0.0
         self._writing = False
         self._write_lock = anyio.Lock()
@@ -293,6 +298,18 @@ class Worker:
             finally:
                 self._writing = False
 
+    def _write_nowait(self, data: bytes) -> bool:
+        """Write a small frame (at most PIPE_BUF, so all or nothing) if that can be done now."""
+        proc = self.proc
+        if proc is None or proc.stdin_closed or self._writing:
+            return False
+        try:
+            return os.write(proc.stdin_fd, data) == len(data)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True  # the worker is gone; the reader reports it
+
     async def _write_rest(self, fd: int, view: memoryview | bytes) -> None:
         total = len(view)
         sent = 0
@@ -353,7 +370,7 @@ class Worker:
         if conn is None or call.done or self._tg is None:
             return
         frame = conn.send_credit(call.id, credits)
-        if frame:
+        if frame and not self._write_nowait(frame):
             self._tg.start_soon(self.write, frame)
 
     def stop(self, reason: str, *, graceful: bool = False) -> None:
@@ -404,9 +421,16 @@ class Worker:
                 return False
             self.stop("the worker closed its stdout")
             return False
+        self._unattributed += len(data)
         try:
-            for event in conn.receive_data(data):
-                self._route(event)
+            events = conn.receive_data(data)
+            if events:
+                share = self._unattributed / len(events)
+                self._unattributed = 0
+                for event in events:
+                    if type(event) is StreamChunk:
+                        self._count_chunk(event.id, share)
+                    self._route(event)
         except WireProtocolError as exc:
             for answered in exc.events:  # completed before the violation: deliver them
                 self._route(cast("Response | StreamChunk | Heartbeat", answered))
@@ -418,6 +442,12 @@ class Worker:
             self.stop(str(self._protocol_error))
             return False
         return True
+
+    def _count_chunk(self, request_id: int, size: float) -> None:
+        call = self._calls.get(request_id)
+        if call is not None:
+            call.bytes_in += size
+            call.chunks_in += 1
 
     async def _read_loop(self, proc: WorkerProcess, conn: ClientConnection) -> None:
         """The reader on trio: one ``wait_readable`` and one ``os.read`` per batch of frames."""
@@ -677,6 +707,7 @@ class Worker:
         self._ready_at = 0.0
         self._protocol_error = None
         self._eof = False
+        self._unattributed = 0
         self._writing = False
         self._stderr_tail = bytearray()
         self.features = frozenset()
