@@ -554,3 +554,14 @@ ConnectionMachine.TestCase.settings = settings(
     max_examples=100, stateful_step_count=40, deadline=None
 )
 TestConnectionMachine = ConnectionMachine.TestCase
+
+
+def test_an_oversize_header_delivers_the_answers_before_it() -> None:
+    conn = ClientConnection(JSON, max_frame_size=1024)
+    conn.send_request(Request(1, "x"))
+    conn.send_request(Request(2, "x"))
+    data = frame(JSON, Response(1, True, timestamp=TS)) + (1 << 20).to_bytes(4, "big")
+    with pytest.raises(ProtocolError, match="over the limit") as info:
+        conn.receive_data(data)
+    assert info.value.events == (Response(1, True, timestamp=TS),)
+    assert conn.in_flight == {2}

@@ -241,3 +241,14 @@ def test_garbage_never_makes_the_decoder_hold_more_than_one_frame(
             return
         assert all(len(p) <= limit for p in payloads)
         assert decoder.buffered <= limit + HEADER_SIZE
+
+
+def test_an_oversize_header_keeps_the_frames_completed_before_it() -> None:
+    decoder = FrameDecoder(max_frame_size=16)
+    data = encode_frame(b"ok") + (1000).to_bytes(4, "big")
+    with pytest.raises(ProtocolError, match="over the limit") as info:
+        decoder.feed(data)
+    assert info.value.events == (b"ok",)
+    with pytest.raises(ProtocolError) as again:
+        decoder.feed(b"")
+    assert again.value.events == ()

@@ -37,7 +37,13 @@ from .protocol.constants import (
     UNSUPPORTED_ERROR_TYPE,
     utc_timestamp,
 )
-from .protocol.framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, ProtocolError, encode_frame
+from .protocol.framing import (
+    DEFAULT_MAX_FRAME_SIZE,
+    FrameDecoder,
+    ProtocolError,
+    encode_frame,
+    encode_frame_parts,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -64,6 +70,9 @@ EXIT_SIGTERM = 143
 # Below glibc's mmap threshold (128 KiB): a larger os.read buffer costs an mmap and a munmap
 # per call, which here is ~60 us, several times the rest of a request's cost.
 _READ_SIZE = 64 * 1024
+# Payloads at least this big go out by writev instead of being copied behind their header.
+_GATHER_ABOVE = 64 * 1024
+_IOV_MAX = 1024
 # Results of these types are returned as they are: no generator or awaitable checks needed.
 _PLAIN_RESULTS = frozenset({dict, list, str, int, float, bool, bytes, type(None)})
 # A command whose last run took less than this is "quick": its response may wait (briefly) to
@@ -478,7 +487,7 @@ class ProtocolHandler:
     def _send_chunk(self, job: _Job, item: Any) -> None:
         assert self._codec is not None
         chunk = {"type": CHUNK, "id": job.ctx.id, "seq": job.seq, "data": item}
-        self._outbox.append(encode_frame(self._codec.encode(chunk), self._max_frame_size))
+        self._queue_frame(encode_frame_parts(self._codec.encode(chunk), self._max_frame_size))
         job.seq += 1
         if job.credits is not None:
             job.credits -= 1
@@ -489,27 +498,35 @@ class ProtocolHandler:
         codec = self._codec
         assert codec is not None
         try:
-            frame = encode_frame(codec.encode(message), self._max_frame_size)
+            parts = encode_frame_parts(codec.encode(message), self._max_frame_size)
         except Exception as exc:
-            frame = encode_frame(
-                codec.encode(
-                    _failure(
-                        message.get("id"), f"cannot send the result: {exc}", type(exc).__name__
-                    )
-                )
+            failure = _failure(
+                message.get("id"), f"cannot send the result: {exc}", type(exc).__name__
             )
-        self._outbox.append(frame)
+            parts = encode_frame_parts(codec.encode(failure), self._max_frame_size)
+        self._queue_frame(parts)
+
+    def _queue_frame(self, parts: tuple[bytes, bytes]) -> None:
+        header, payload = parts
+        if len(payload) < _GATHER_ABOVE:
+            self._outbox.append(header + payload)
+        else:  # big: written with writev, never copied into one buffer
+            self._outbox.append(header)
+            self._outbox.append(payload)
 
     def _flush(self) -> None:
         outbox = self._outbox
         if not outbox:
             return
-        data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+        buffers: list[bytes | memoryview] = list(outbox)
         outbox.clear()
-        view = memoryview(data)
         try:
-            while view:
-                view = view[os.write(self._out, view) :]
+            while buffers:
+                written = os.writev(self._out, buffers[:_IOV_MAX])
+                while buffers and written >= len(buffers[0]):
+                    written -= len(buffers.pop(0))
+                if written:
+                    buffers[0] = memoryview(buffers[0])[written:]
         except OSError:
             self._eof = True
             self._queue.clear()

@@ -14,6 +14,7 @@ __all__ = [
     "FrameDecoder",
     "ProtocolError",
     "encode_frame",
+    "encode_frame_parts",
 ]
 
 HEADER = struct.Struct(">I")
@@ -39,6 +40,16 @@ def encode_frame(payload: bytes, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -
     if size > max_frame_size:
         raise ProtocolError(f"frame of {size} bytes exceeds the limit of {max_frame_size} bytes")
     return _pack_header(size) + payload
+
+
+def encode_frame_parts(
+    payload: bytes, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+) -> tuple[bytes, bytes]:
+    """``(header, payload)``, for writers that send both with one ``writev``."""
+    size = len(payload)
+    if size > max_frame_size:
+        raise ProtocolError(f"frame of {size} bytes exceeds the limit of {max_frame_size} bytes")
+    return _pack_header(size), payload
 
 
 class FrameDecoder:
@@ -75,7 +86,11 @@ class FrameDecoder:
         return self._need >= 0 or bool(self._buffer)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
-        """Add bytes from the stream; return the payloads they completed, in order."""
+        """Add bytes from the stream; return the payloads they completed, in order.
+
+        An oversize header raises :class:`ProtocolError` whose ``events`` are the payloads this
+        call completed before it.
+        """
         if self._error is not None:
             raise self._error
         buffer = self._buffer
@@ -84,24 +99,32 @@ class FrameDecoder:
         pos = 0
         end = len(buffer)
         need = self._need
-        while True:
-            if need < 0:
-                if end - pos < HEADER_SIZE:
+        # Slicing a memoryview copies a payload once; slicing the bytearray would copy twice.
+        view = memoryview(buffer)
+        try:
+            while True:
+                if need < 0:
+                    if end - pos < HEADER_SIZE:
+                        break
+                    (need,) = _unpack_header(buffer, pos)
+                    if need > self._max_frame_size:
+                        self._error = ProtocolError(
+                            f"frame header announces {need} bytes, over the limit of "
+                            f"{self._max_frame_size} bytes"
+                        )
+                        completed = ProtocolError(*self._error.args)
+                        completed.events = tuple(frames)
+                        raise completed
+                    pos += HEADER_SIZE
+                if end - pos < need:
                     break
-                (need,) = _unpack_header(buffer, pos)
-                if need > self._max_frame_size:
-                    self._error = ProtocolError(
-                        f"frame header announces {need} bytes, over the limit of "
-                        f"{self._max_frame_size} bytes"
-                    )
-                    self._buffer = bytearray()
-                    raise self._error
-                pos += HEADER_SIZE
-            if end - pos < need:
-                break
-            frames.append(bytes(buffer[pos : pos + need]))
-            pos += need
-            need = -1
+                frames.append(view[pos : pos + need].tobytes())
+                pos += need
+                need = -1
+        finally:
+            view.release()
+            if self._error is not None:
+                self._buffer = bytearray()
         if pos:
             del buffer[:pos]
         self._need = need

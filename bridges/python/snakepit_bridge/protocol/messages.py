@@ -447,10 +447,17 @@ class ClientConnection:
         """
         self._check_usable()
         events: list[BridgeEvent] = []
+        framing_error: ProtocolError | None = None
         try:
-            for payload in self._decoder.feed(data):
+            payloads: Iterable[Any] = self._decoder.feed(data)
+        except ProtocolError as exc:
+            payloads, framing_error = exc.events, exc
+        try:
+            for payload in payloads:
                 event = parse_bridge_message(self.codec.decode(payload))
                 events.append(self._track(event))
+            if framing_error is not None:
+                raise framing_error
             return events
         except ProtocolError as exc:
             self._broken = exc
