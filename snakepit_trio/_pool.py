@@ -24,8 +24,8 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 from snakepit_bridge.protocol import codecs, constants
+from snakepit_bridge.protocol.framing import HEADER_SIZE, encode_frame
 from snakepit_bridge.protocol.framing import ProtocolError as WireProtocolError
-from snakepit_bridge.protocol.framing import encode_frame
 
 from . import _telemetry as tm
 from ._adapters import Adapter
@@ -54,14 +54,17 @@ INITIAL_STREAM_CREDITS: Final = 8
 
 
 class _Waiter:
-    __slots__ = ("done", "error", "event", "prefer", "worker")
+    """A caller waiting for a worker. Small on purpose: 10,000 of them may be queued."""
 
-    def __init__(self, prefer: Worker | None) -> None:
+    __slots__ = ("done", "error", "event", "prefer", "started", "worker")
+
+    def __init__(self, prefer: Worker | None, event: Waitable, started: float) -> None:
         self.prefer = prefer
-        self.event = anyio.Event()
+        self.event = event
+        self.started = started
         self.worker: Worker | None = None
         self.error: SnakepitError | None = None
-        self.done = False
+        self.done = False  # handed a worker, timed out, or failed
 
 
 class _Stats:
@@ -182,7 +185,8 @@ class Pool:
         self._tg: anyio.abc.TaskGroup | None = None
         self._new_event: Callable[[], Waitable] = anyio.Event
         # Deadlines of calls in flight: one watcher task instead of a cancel scope per call.
-        self._deadlines: list[tuple[float, int, _Call]] = []
+        self._deadlines: list[tuple[float, int, _Call | _Waiter]] = []
+        self._seq = itertools.count()
         self._deadline_target = math.inf
         self._deadline_wakeup: Waitable = anyio.Event()
 
@@ -387,16 +391,25 @@ class Pool:
         request_id = next(self._ids)
         codec = self._codec
         frame = self._encode_request(codec, request_id, command, call_args, stream)
+        del call_args  # a queued call keeps only its frame
         worker = self._take_now(prefer, command)
         if worker is None:
-            worker = await self._wait_for_worker(prefer, command, deadline)
+            waiter = self._enqueue(prefer, command, deadline)
+            try:
+                await waiter.event.wait()
+            except BaseException:
+                self._leave_queue(waiter)
+                raise
+            worker = self._queue_outcome(waiter, command)
         if session_id is not None:
             current = self.sessions.get_session(session_id)
             if current is not None:
                 current.last_worker_id = worker.id
         worker_codec = worker.codec
-        if worker_codec.name != codec.name:
-            frame = self._encode_request(worker_codec, request_id, command, call_args, stream)
+        if worker_codec.name != codec.name:  # rare: workers that negotiated differently
+            frame = encode_frame(
+                worker_codec.encode(codec.decode(frame[HEADER_SIZE:])), self.config.max_frame_size
+            )
         call = worker.begin(request_id, command, frame, stream)
         return worker, call, frame, session_id
 
@@ -440,14 +453,13 @@ class Pool:
         self._record(call, worker, "error", session)
         raise _response_error(response)
 
-    def _arm_deadline(self, call: _Call, deadline: float) -> None:
-        """Have the watcher time ``call`` out at ``deadline`` (no cancel scope per call)."""
-        call.deadline = deadline
+    def _arm_deadline(self, entry: _Call | _Waiter, deadline: float) -> None:
+        """Have the watcher time ``entry`` out at ``deadline`` (no cancel scope per call)."""
         heap = self._deadlines
         # Calls finish roughly in deadline order, so finished ones are usually on top.
         while heap and heap[0][2].done:
             heapq.heappop(heap)
-        heapq.heappush(heap, (deadline, call.id, call))
+        heapq.heappush(heap, (deadline, next(self._seq), entry))
         if len(heap) > 4096 and len(heap) > 4 * (self._queued + sum(w.load for w in self._workers)):
             self._deadlines = heap = [entry for entry in heap if not entry[2].done]
             heapq.heapify(heap)
@@ -459,11 +471,18 @@ class Pool:
             heap = self._deadlines
             now = anyio.current_time()
             while heap and (heap[0][2].done or heap[0][0] <= now):
-                call = heapq.heappop(heap)[2]
-                if not call.done and not call.timed_out and not call.abandoned:
-                    call.timed_out = True
-                    call.worker.abandon(call, f"request {call.command!r} timed out")
-                    call.event.set()
+                entry = heapq.heappop(heap)[2]
+                if entry.done:
+                    continue
+                if isinstance(entry, _Waiter):  # still queued: a queue timeout
+                    entry.done = True
+                    self._queued -= 1
+                    self._compact_waiters()
+                    entry.event.set()
+                elif not entry.timed_out and not entry.abandoned:
+                    entry.timed_out = True
+                    entry.worker.abandon(entry, f"request {entry.command!r} timed out")
+                    entry.event.set()
             self._deadline_target = heap[0][0] if heap else math.inf
             self._deadline_wakeup = wakeup = self._new_event()
             with anyio.move_on_at(self._deadline_target):
@@ -534,7 +553,8 @@ class Pool:
             return worker
         return None
 
-    async def _wait_for_worker(self, prefer: Worker | None, command: str, deadline: float) -> Worker:
+    def _enqueue(self, prefer: Worker | None, command: str, deadline: float) -> _Waiter:
+        """Queue a caller (FIFO) or reject it at once; the deadline watcher times it out."""
         config = self.config
         if all(w.broken for w in self._workers):
             raise startup_failure(self._workers)
@@ -546,32 +566,30 @@ class Pool:
                 f"(max_queue={config.max_queue})"
             )
         strict = prefer if (config.affinity == "strict" and prefer is not None and prefer.alive) else None
-        waiter = _Waiter(strict)
+        now = anyio.current_time()
+        waiter = _Waiter(strict, self._new_event(), now)
         self._waiters.append(waiter)
         self._queued += 1
-        start = anyio.current_time()
-        queue_deadline = min(deadline, start + config.queue_timeout)
-        try:
-            with anyio.move_on_at(queue_deadline):
-                await waiter.event.wait()
-        except BaseException:
-            handed = waiter.worker
-            if handed is not None:
-                # A worker was handed over just as this caller was cancelled: pass it on.
-                waiter.worker = None
-                self._release(handed)
-            raise
-        finally:
-            if not waiter.done:
-                waiter.done = True
-                self._queued -= 1
-                self._compact_waiters()
-        worker = waiter.worker
-        if worker is not None:
-            return worker
+        self._arm_deadline(waiter, min(deadline, now + config.queue_timeout))
+        return waiter
+
+    def _leave_queue(self, waiter: _Waiter) -> None:
+        """The waiting caller was cancelled: take it out, or pass on a worker it was handed."""
+        handed = waiter.worker
+        if handed is not None:
+            waiter.worker = None
+            self._release(handed)
+        elif not waiter.done:
+            waiter.done = True
+            self._queued -= 1
+            self._compact_waiters()
+
+    def _queue_outcome(self, waiter: _Waiter, command: str) -> Worker:
+        if waiter.worker is not None:
+            return waiter.worker
         if waiter.error is not None:
             raise waiter.error
-        waited = anyio.current_time() - start
+        waited = anyio.current_time() - waiter.started
         self._stats.queue_timeouts += 1
         self._reject(command, "queue_timeout", waited)
         raise QueueTimeout(

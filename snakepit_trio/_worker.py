@@ -17,7 +17,6 @@ What each await does when cancelled:
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import sys
@@ -119,7 +118,6 @@ class _Call:
         "chunks_in",
         "command",
         "consumed",
-        "deadline",
         "done",
         "error",
         "event",
@@ -146,7 +144,6 @@ class _Call:
         self.event = event
         self.done = False
         self.timed_out = False
-        self.deadline = math.inf
         self.abandoned = False
         self.response: Response | None = None
         self.error: SnakepitError | None = None
