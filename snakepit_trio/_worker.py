@@ -202,6 +202,9 @@ class Worker:
         self._ready_at = 0.0
         self._writing = False
         self._write_lock = anyio.Lock()
+        self._outbox: list[bytes] = []
+        self._flush_pending = False
+        self._flush_wakeup: Waitable | None = None  # set while a flusher task runs
         self._stderr_tail = bytearray()
         self._first_attempt_done = anyio.Event()
         self.last_heartbeat = 0.0
@@ -262,9 +265,39 @@ class Worker:
     async def write(self, data: bytes) -> None:
         """Write a whole frame to the worker's stdin.
 
-        The fast path is one non-blocking ``os.write``. A broken pipe is not an error here:
-        the worker died, and the reader will fail the calls in flight with the real cause.
+        The fast path is one non-blocking ``os.write``. With several requests in flight per
+        worker, frames are queued instead and the flusher task writes all the frames of a
+        scheduler turn with one syscall (each write wakes the worker: ~10 us here). A broken
+        pipe is not an error here: the worker died, and the reader fails the calls in flight
+        with the real cause.
         """
+        wakeup = self._flush_wakeup
+        if wakeup is not None:
+            self._outbox.append(data)
+            if not self._flush_pending:
+                self._flush_pending = True
+                wakeup.set()
+            return
+        await self._write_now(data)
+
+    async def _flusher(self) -> None:
+        """Multiplexed workers: write the queued frames, in order, one write per turn."""
+        while True:
+            wakeup = self._flush_wakeup
+            assert wakeup is not None
+            await wakeup.wait()
+            self._flush_wakeup = self.pool._new_event()
+            self._flush_pending = False
+            await self._flush_outbox()
+
+    async def _flush_outbox(self) -> None:
+        outbox = self._outbox
+        if outbox:
+            data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+            outbox.clear()
+            await self._write_now(data)
+
+    async def _write_now(self, data: bytes) -> None:
         proc = self.proc
         if proc is None or proc.stdin_closed:
             return
@@ -706,6 +739,9 @@ class Worker:
         self._eof = False
         self._unattributed = 0
         self._writing = False
+        self._outbox = []
+        self._flush_pending = False
+        self._flush_wakeup = None
         self._stderr_tail = bytearray()
         self.features = frozenset()
         self.protocol = None
@@ -757,6 +793,7 @@ class Worker:
             finally:
                 self._tg = None
                 self._stop_scope = None
+                self._flush_wakeup = None  # the flusher is gone: write directly from now on
         return self._stop_reason or "stopped"
 
     # Transport hooks: a worker speaking another transport (gRPC) overrides these four.
@@ -788,6 +825,9 @@ class Worker:
             tg.start_soon(self._read_loop_asyncio, proc, self.conn)
         else:
             tg.start_soon(self._read_loop, proc, self.conn)
+        if self.capacity > 1:
+            self._flush_wakeup = self.pool._new_event()
+            tg.start_soon(self._flusher)
 
     @property
     def codec(self) -> codecs.Codec:
@@ -813,7 +853,8 @@ class Worker:
                 conn = self.conn
 
                 async def graceful_step_fn() -> None:
-                    await self.write(conn.send_shutdown())
+                    await self._flush_outbox()  # in order: what callers queued, then shutdown
+                    await self._write_now(conn.send_shutdown())
                     proc.close_stdin()
 
                 graceful_step = graceful_step_fn

@@ -23,7 +23,7 @@ import snakepit_trio as sp
 pytestmark = pytest.mark.anyio
 
 FULL = os.environ.get("SNAKEPIT_SOAK") == "full"
-TOTAL = 20_000 if FULL else 2_500
+TOTAL = 20_000 if FULL else 6_000
 TASKS = 64
 
 
@@ -66,9 +66,10 @@ async def one_request(pool: sp.Pool, n: int, rng: random.Random) -> str:
     return "cancelled"
 
 
-async def test_chaos_soak() -> None:
+@pytest.mark.parametrize("in_flight", [1, 8], ids=["one-in-flight", "multiplexed"])
+async def test_chaos_soak(in_flight: int) -> None:
     config = sp.PoolConfig(
-        max_in_flight=1,
+        max_in_flight=in_flight,
         queue_timeout=30,
         max_queue=TASKS,
         max_restarts=10_000,
@@ -143,7 +144,7 @@ async def test_chaos_soak() -> None:
     assert fds_after <= fds_before + 2
     assert rss_after - rss_before < 40 * 2**20
     print(
-        f"\nsoak: {TOTAL} requests in {duration:.1f} s, outcomes {dict(outcomes)}, kills {kills}, "
+        f"\nsoak ({in_flight} in flight): {TOTAL} requests in {duration:.1f} s, outcomes {dict(outcomes)}, kills {kills}, "
         f"workers seen {len(seen_pids)}, orphans {len(orphans)}, fds {fds_before}->{fds_after}, "
         f"rss {rss_before / 2**20:.1f}->{rss_after / 2**20:.1f} MiB"
     )
