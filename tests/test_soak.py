@@ -103,7 +103,8 @@ async def test_chaos_soak(in_flight: int) -> None:
             nonlocal kills
             while True:
                 await anyio.sleep(rng.uniform(0.05, 0.25))
-                live = [w.pid for w in pool.workers() if w.pid and w.state in ("idle", "busy")]
+                serving = ("idle", "busy", "cancelling")
+                live = [w.pid for w in pool.workers() if w.pid and w.state in serving]
                 if live:
                     victim = rng.choice(live)
                     try:
