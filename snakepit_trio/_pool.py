@@ -23,6 +23,7 @@ from typing import Any, Final
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import sniffio
 from snakepit_bridge.protocol import codecs, constants
 from snakepit_bridge.protocol.framing import HEADER_SIZE, encode_frame
 from snakepit_bridge.protocol.framing import ProtocolError as WireProtocolError
@@ -84,6 +85,15 @@ class _Stats:
         self.cancelled = 0
         self.queue_timeouts = 0
         self.pool_saturated = 0
+
+
+def _backend_primitives() -> tuple[Callable[[], float], Callable[[], Awaitable[None]]]:
+    """The running backend's clock and checkpoint_if_cancelled, without anyio's dispatch."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return trio.current_time, trio.lowlevel.checkpoint_if_cancelled
+    return anyio.current_time, anyio.lowlevel.checkpoint_if_cancelled
 
 
 def _free_slots(worker: Worker) -> int:
@@ -184,6 +194,12 @@ class Pool:
         self._features: frozenset[str] = frozenset()
         self._tg: anyio.abc.TaskGroup | None = None
         self._new_event: Callable[[], Waitable] = anyio.Event
+        # The backend's own clock and cancellation check, bound at start (anyio looks the
+        # backend up on every call).
+        self._now: Callable[[], float] = anyio.current_time
+        self._checkpoint_if_cancelled: Callable[[], Awaitable[None]] = (
+            anyio.lowlevel.checkpoint_if_cancelled
+        )
         # Deadlines of calls in flight: one watcher task instead of a cancel scope per call.
         self._deadlines: list[tuple[float, int, _Call | _Waiter]] = []
         self._seq = itertools.count()
@@ -371,7 +387,7 @@ class Pool:
         stream: bool,
     ) -> tuple[Worker, _Call, bytes, str | None]:
         """Validate and encode at the call site, wait for a worker, register the call."""
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        await self._checkpoint_if_cancelled()
         if self._closing:
             raise PoolClosed("the pool is closed")
         if not isinstance(command, str) or not command:
@@ -424,7 +440,7 @@ class Pool:
             timeout = self.adapter.command_timeout(command, args or {})
             if timeout is None:
                 timeout = self.config.command_timeout
-        deadline = anyio.current_time() + timeout
+        deadline = self._now() + timeout
         worker, call, frame, session = await self._dispatch(
             command, args, session_id, deadline, stream=False
         )
@@ -566,7 +582,7 @@ class Pool:
                 f"(max_queue={config.max_queue})"
             )
         strict = prefer if (config.affinity == "strict" and prefer is not None and prefer.alive) else None
-        now = anyio.current_time()
+        now = self._now()
         waiter = _Waiter(strict, self._new_event(), now)
         self._waiters.append(waiter)
         self._queued += 1
@@ -720,6 +736,7 @@ class Pool:
     async def _start(self, tg: anyio.abc.TaskGroup) -> None:
         self._tg = tg
         self._new_event = native_event_class()
+        self._now, self._checkpoint_if_cancelled = _backend_primitives()
         self._deadline_wakeup = self._new_event()
         tg.start_soon(self._deadline_loop)
         for worker in self._workers:
