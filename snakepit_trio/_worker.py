@@ -657,8 +657,12 @@ class Worker:
                 if self.pool._closing:
                     break
                 now = time.monotonic()
-                if not crashed or (self._ready_at and now - self._ready_at >= _HEALTHY_RUN):
-                    # A planned stop, or a crash after a healthy run: not a crash loop.
+                healthy = self._ready_at and (
+                    self.requests > 0 or now - self._ready_at >= _HEALTHY_RUN
+                )
+                if not crashed or healthy:
+                    # A planned stop, or death after a healthy run (it served requests or
+                    # lived a while; say it was killed): not a crash loop, restart at once.
                     backoff = self.config.restart_backoff
                 if not crashed:
                     continue
