@@ -130,23 +130,28 @@ async def test_stream_timeout_bounds_the_block() -> None:
         assert pool.workers()[0].pid == pid
 
 
+async def seconds_to_return_after_cancel(pool: sp.Pool, command: str, args: dict[str, Any]) -> float:
+    """Start ``command``, cancel its caller 0.2 s in; how long the caller took to return."""
+    returned: list[float] = []
+    async with anyio.create_task_group() as tg:
+
+        async def caller() -> None:
+            try:
+                await pool.execute(command, args)
+            finally:
+                returned.append(time.monotonic())
+
+        tg.start_soon(caller)
+        await anyio.sleep(0.2)
+        cancelled_at = time.monotonic()
+        tg.cancel_scope.cancel()
+    return returned[0] - cancelled_at
+
+
 async def test_cancel_a_cooperative_unary_request_promptly() -> None:
     async with sp.open_pool(streams(), size=1, config=CONFIG) as pool:
         pid = pool.workers()[0].pid
-        returned: list[float] = []
-        async with anyio.create_task_group() as tg:
-
-            async def caller() -> None:
-                try:
-                    await pool.execute("cooperative_spin", {"seconds": 30})
-                finally:
-                    returned.append(time.monotonic())
-
-            tg.start_soon(caller)
-            await anyio.sleep(0.2)
-            cancelled_at = time.monotonic()
-            tg.cancel_scope.cancel()
-        assert returned[0] - cancelled_at < 0.05
+        assert await seconds_to_return_after_cancel(pool, "cooperative_spin", {"seconds": 30}) < 0.05
         with anyio.fail_after(5):
             assert (await pool.execute("ping"))["status"] == "ok"
         # The handler saw the cancel and stopped: the same process serves on.
@@ -164,20 +169,7 @@ async def test_cancel_a_cooperative_unary_request_promptly() -> None:
 async def test_cancelled_caller_returns_within_50ms_and_uncooperative_worker_is_replaced() -> None:
     async with sp.open_pool(make_testing(), size=1, config=CONFIG) as pool:
         pid = pool.workers()[0].pid
-        async with anyio.create_task_group() as tg:
-            returned: list[float] = []
-
-            async def caller() -> None:
-                try:
-                    await pool.execute("block", {"seconds": 30})
-                finally:
-                    returned.append(time.monotonic())
-
-            tg.start_soon(caller)
-            await anyio.sleep(0.2)
-            cancelled_at = time.monotonic()
-            tg.cancel_scope.cancel()
-        assert returned[0] - cancelled_at < 0.05
+        assert await seconds_to_return_after_cancel(pool, "block", {"seconds": 30}) < 0.05
         assert pool.workers()[0].state in ("cancelling", "stopping", "starting")
         with anyio.fail_after(10):
             assert (await pool.execute("ping"))["status"] == "ok"
