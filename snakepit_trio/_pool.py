@@ -680,14 +680,17 @@ class Pool:
 
     def _worker_broken(self, worker: Worker) -> None:
         if all(w.broken for w in self._workers):
-            error = startup_failure(self._workers)
-            for waiter in self._waiters:
-                if not waiter.done:
-                    waiter.done = True
-                    waiter.error = error
-                    self._queued -= 1
-                    waiter.event.set()
-            self._waiters.clear()
+            self._fail_waiters(startup_failure(self._workers))
+
+    def _fail_waiters(self, error: SnakepitError) -> None:
+        """Every queued caller gets ``error`` (the queue is emptied)."""
+        for waiter in self._waiters:
+            if not waiter.done:
+                waiter.done = True
+                waiter.error = error
+                self._queued -= 1
+                waiter.event.set()
+        self._waiters.clear()
 
     # ------------------------------------------------------------------ background
     async def _health_loop(self) -> None:
@@ -758,14 +761,7 @@ class Pool:
             await self._closed.wait()
             return
         self._closing = True
-        closed = PoolClosed("the pool closed before this request could run")
-        for waiter in self._waiters:
-            if not waiter.done:
-                waiter.done = True
-                waiter.error = closed
-                self._queued -= 1
-                waiter.event.set()
-        self._waiters.clear()
+        self._fail_waiters(PoolClosed("the pool closed before this request could run"))
         with anyio.move_on_after(self.config.drain_timeout):
             while any(w.load for w in self._workers if w.alive):
                 await anyio.sleep(0.01)
