@@ -22,7 +22,7 @@ import random
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast
 
 import anyio
@@ -365,10 +365,25 @@ class Worker:
         self._abandoned += 1
         if self.ready and self._stop_reason is None:
             self.state = "cancelling"
-        if constants.FEATURE_CANCEL in self.features and self._tg is not None:
-            self._tg.start_soon(self._cancel_and_watch, call, reason)
-        else:
+        if constants.FEATURE_CANCEL not in self.features:
             self.stop(f"{reason}; the bridge cannot cancel, so the worker is replaced")
+        elif not self._spawn(self._cancel_and_watch, call, reason):
+            self.stop(reason)  # the worker is already going down; make sure of it
+
+    def _spawn(self, func: Callable[..., Coroutine[Any, Any, object]], *args: object) -> bool:
+        """Start ``func`` in the worker's task group; False if that group has closed.
+
+        The group closes to new tasks a scheduling step before ``_tg`` is cleared, so a
+        caller that wakes in between (a cancelled request) must not assume it is open.
+        """
+        tg = self._tg
+        if tg is None:
+            return False
+        try:
+            tg.start_soon(func, *args)
+        except RuntimeError:
+            return False
+        return True
 
     async def _cancel_and_watch(self, call: _Call, reason: str) -> None:
         """Ask the bridge to cancel ``call``; replace the worker if it does not end in time."""
@@ -401,7 +416,7 @@ class Worker:
             return
         frame = conn.send_credit(call.id, credits)
         if frame and not self._write_nowait(frame):
-            self._tg.start_soon(self.write, frame)
+            self._spawn(self.write, frame)
 
     def stop(self, reason: str, *, graceful: bool = False) -> None:
         """Ask the supervisor to take this process down (through the ladder) and restart it."""
@@ -779,21 +794,25 @@ class Worker:
             try:
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
-                    self._start_io(tg, proc)
-                    self.ready = True
-                    self.state = "idle"
-                    init_time = time.monotonic() - started
-                    logger.debug(
-                        "worker %d ready: pid %d, %s, %.3f s", self.id, proc.pid, protocol, init_time
-                    )
-                    if self.pool.telemetry.active:
-                        self.pool.telemetry.emit(
-                            tm.WorkerReady(self.id, proc.pid, init_time, protocol, features)
+                    try:
+                        self._start_io(tg, proc)
+                        self.ready = True
+                        self.state = "idle"
+                        init_time = time.monotonic() - started
+                        logger.debug(
+                            "worker %d ready: pid %d, %s, %.3f s", self.id, proc.pid, protocol, init_time
                         )
-                    self._first_attempt_done.set()
-                    self._ready_at = time.monotonic()
-                    self.pool._worker_ready(self)
-                    await anyio.sleep_forever()
+                        if self.pool.telemetry.active:
+                            self.pool.telemetry.emit(
+                                tm.WorkerReady(self.id, proc.pid, init_time, protocol, features)
+                            )
+                        self._first_attempt_done.set()
+                        self._ready_at = time.monotonic()
+                        self.pool._worker_ready(self)
+                        await anyio.sleep_forever()
+                    finally:
+                        # Nothing new starts here once the body ends (see _spawn).
+                        self._tg = None
             finally:
                 self._tg = None
                 self._stop_scope = None

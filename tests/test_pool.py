@@ -197,6 +197,27 @@ async def test_command_timeout_replaces_a_stuck_worker() -> None:
         assert pool.workers()[0].pid != pid
 
 
+async def test_cancel_while_the_worker_task_group_closes() -> None:
+    """A caller cancelled as its worker's task group closes replaces the worker, no crash.
+
+    Trio closes a nursery to new tasks one scheduling step before the code after it runs;
+    a closed group stands in for that step here (CI once hit it in the soak test).
+    """
+    async with sp.open_pool(make_adapter(), size=1, config=FAST) as pool:
+        worker = pool._workers[0]
+        pid = worker.pid
+        async with anyio.create_task_group() as closed:
+            pass
+        with anyio.move_on_after(0.2):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pool.execute, "sleep", {"seconds": 5})
+                await anyio.sleep(0.1)
+                worker._tg = closed
+        with anyio.fail_after(10):
+            assert (await pool.execute("ping"))["status"] == "ok"
+        assert pool.workers()[0].pid != pid
+
+
 async def test_kill_9_mid_request_fails_only_that_request() -> None:
     async with sp.open_pool(make_adapter(), size=2, config=FAST) as pool:
         results: list[Any] = []
