@@ -489,7 +489,14 @@ def _lifeline_bridge(start: Any) -> tuple[Bridge, int, int]:
 def _holds_pipe(pid: int, pipe_fd: int) -> bool:
     inode = os.fstat(pipe_fd).st_ino
     fd_dir = Path(f"/proc/{pid}/fd")
-    return any(f"pipe:[{inode}]" == os.readlink(fd_dir / name) for name in os.listdir(fd_dir))
+    for name in os.listdir(fd_dir):
+        try:
+            target = os.readlink(fd_dir / name)
+        except FileNotFoundError:  # closed since the listing (a child still starting up)
+            continue
+        if target == f"pipe:[{inode}]":
+            return True
+    return False
 
 
 def test_lifeline_eof_kills_the_process_group(start: Any) -> None:
