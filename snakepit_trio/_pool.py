@@ -187,6 +187,8 @@ class Pool:
         self._waiters: deque[_Waiter] = deque()
         self._queued = 0
         self._stats = _Stats()
+        # Whether _release must check the recycling limits after each request.
+        self._recycle_limits = config.max_requests is not None or config.max_memory is not None
         self._ids = itertools.count(1)
         self._closing = False
         self._closed = anyio.Event()
@@ -377,17 +379,11 @@ class Pool:
         except WireProtocolError as exc:
             raise ProtocolError(f"request {command!r} is too large: {exc}") from None
 
-    async def _dispatch(
-        self,
-        command: str,
-        args: Mapping[str, Any] | None,
-        session_id: str | None,
-        deadline: float,
-        *,
-        stream: bool,
-    ) -> tuple[Worker, _Call, bytes, str | None]:
-        """Validate and encode at the call site, wait for a worker, register the call."""
-        await self._checkpoint_if_cancelled()
+    def _prepare(
+        self, command: str, args: Mapping[str, Any] | None, session_id: str | None, stream: bool
+    ) -> tuple[int, bytes, Worker | None]:
+        """Validate and encode at the call site: the request id, its frame, the preferred
+        worker (the session's last one). A queued call keeps only its frame."""
         if self._closing:
             raise PoolClosed("the pool is closed")
         if not isinstance(command, str) or not command:
@@ -405,28 +401,57 @@ class Pool:
             if session.last_worker_id is not None:
                 prefer = self._workers[session.last_worker_id]
         request_id = next(self._ids)
-        codec = self._codec
-        frame = self._encode_request(codec, request_id, command, call_args, stream)
-        del call_args  # a queued call keeps only its frame
-        worker = self._take_now(prefer, command)
-        if worker is None:
-            waiter = self._enqueue(prefer, command, deadline)
-            try:
-                await waiter.event.wait()
-            except BaseException:
-                self._leave_queue(waiter)
-                raise
-            worker = self._queue_outcome(waiter, command)
+        return request_id, self._encode_request(self._codec, request_id, command, call_args, stream), prefer
+
+    async def _wait_for_worker(self, prefer: Worker | None, command: str, deadline: float) -> Worker:
+        """Queue the caller (FIFO) until a worker is handed to it, or it times out."""
+        waiter = self._enqueue(prefer, command, deadline)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            self._leave_queue(waiter)
+            raise
+        return self._queue_outcome(waiter, command)
+
+    def _begin(
+        self,
+        worker: Worker,
+        request_id: int,
+        command: str,
+        frame: bytes,
+        stream: bool,
+        session_id: str | None,
+    ) -> tuple[_Call, bytes]:
+        """Register the call on the worker it was given; returns it and the frame to send."""
         if session_id is not None:
             current = self.sessions.get_session(session_id)
             if current is not None:
                 current.last_worker_id = worker.id
         worker_codec = worker.codec
-        if worker_codec.name != codec.name:  # rare: workers that negotiated differently
+        codec = self._codec
+        if worker_codec is not codec and worker_codec.name != codec.name:
+            # Rare: a worker that negotiated differently.
             frame = encode_frame(
                 worker_codec.encode(codec.decode(frame[HEADER_SIZE:])), self.config.max_frame_size
             )
-        call = worker.begin(request_id, command, frame, stream)
+        return worker.begin(request_id, command, frame, stream), frame
+
+    async def _dispatch(
+        self,
+        command: str,
+        args: Mapping[str, Any] | None,
+        session_id: str | None,
+        deadline: float,
+        *,
+        stream: bool,
+    ) -> tuple[Worker, _Call, bytes, str | None]:
+        """Validate and encode at the call site, wait for a worker, register the call."""
+        await self._checkpoint_if_cancelled()
+        request_id, frame, prefer = self._prepare(command, args, session_id, stream)
+        worker = self._take_now(prefer, command)
+        if worker is None:
+            worker = await self._wait_for_worker(prefer, command, deadline)
+        call, frame = self._begin(worker, request_id, command, frame, stream, session_id)
         return worker, call, frame, session_id
 
     async def _execute(
@@ -436,37 +461,45 @@ class Pool:
         timeout: float | None,
         session_id: str | None,
     ) -> Any:
+        # The hot path: _dispatch inlined (one coroutine less per request).
+        adapter = self.adapter
         if timeout is None:
-            timeout = self.adapter.command_timeout(command, args or {})
+            timeout = adapter.command_timeout(command, args or {})
             if timeout is None:
                 timeout = self.config.command_timeout
         deadline = self._now() + timeout
-        worker, call, frame, session = await self._dispatch(
-            command, args, session_id, deadline, stream=False
-        )
+        await self._checkpoint_if_cancelled()
+        request_id, frame, prefer = self._prepare(command, args, session_id, False)
+        worker = self._take_now(prefer, command)
+        if worker is None:
+            worker = await self._wait_for_worker(prefer, command, deadline)
+        call, frame = self._begin(worker, request_id, command, frame, False, session_id)
         self._arm_deadline(call, deadline)
         try:
-            await worker.write(frame)
+            if not worker.queue_frame(frame):
+                await worker.write(frame)
             await call.event.wait()
         except BaseException:
             if not call.done and not call.timed_out:
                 worker.abandon(call, f"request {command!r} was cancelled")
-                self._record(call, worker, "cancelled", session)
+                self._record(call, worker, "cancelled", session_id)
                 raise
             # Cancelled just as the answer arrived: the answer wins; the cancel stays pending
             # and is delivered at the caller's next checkpoint.
+        response = call.response
+        if response is not None and response.success and not call.timed_out:
+            self._stats.requests += 1
+            if self.telemetry._listeners:
+                self._emit_completed(call, worker, "ok", session_id)
+            return adapter.process_response(command, response.result)
         if call.timed_out:
-            self._record(call, worker, "timeout", session)
+            self._record(call, worker, "timeout", session_id)
             raise WorkerTimeout(f"{command!r} did not finish within {timeout} s")
         if call.error is not None:
-            self._record(call, worker, "crashed", session)
+            self._record(call, worker, "crashed", session_id)
             raise call.error
-        response = call.response
         assert response is not None
-        if response.success:
-            self._record(call, worker, "ok", session)
-            return self.adapter.process_response(command, response.result)
-        self._record(call, worker, "error", session)
+        self._record(call, worker, "error", session_id)
         raise _response_error(response)
 
     def _arm_deadline(self, entry: _Call | _Waiter, deadline: float) -> None:
@@ -514,12 +547,17 @@ class Pool:
                 s.errors += 1
                 if outcome == "timeout":
                     s.timeouts += 1
-        if self.telemetry.active:
-            self.telemetry.emit(
-                tm.RequestCompleted(
-                    call.command, worker.id, time.monotonic() - call.started, outcome, session
-                )
+        if self.telemetry._listeners:
+            self._emit_completed(call, worker, outcome, session)
+
+    def _emit_completed(
+        self, call: _Call, worker: Worker, outcome: tm.Outcome, session: str | None
+    ) -> None:
+        self.telemetry.emit(
+            tm.RequestCompleted(
+                call.command, worker.id, time.monotonic() - call.started, outcome, session
             )
+        )
 
     async def _stream_to_callback(
         self,
@@ -624,15 +662,16 @@ class Pool:
 
     def _release(self, worker: Worker) -> None:
         """A request on ``worker`` ended: give its slot to the oldest waiter, or park it."""
-        if not worker.alive:
+        if not worker.ready or worker._stop_reason is not None:  # not worker.alive
             return
-        config = self.config
-        if (config.max_requests is not None and worker.requests >= config.max_requests) or (
-            config.max_memory is not None
-            and worker.load == 0
-            and worker.needs_recycling(time.monotonic()) is not None
-        ):
-            worker.draining = True
+        if self._recycle_limits:
+            config = self.config
+            if (config.max_requests is not None and worker.requests >= config.max_requests) or (
+                config.max_memory is not None
+                and worker.load == 0
+                and worker.needs_recycling(time.monotonic()) is not None
+            ):
+                worker.draining = True
         if worker.draining:
             if worker.load == 0:
                 reason = worker.needs_recycling(time.monotonic()) or "recycling"
@@ -658,10 +697,11 @@ class Pool:
                     self._queued -= 1
                     waiter.event.set()
                     return
-        worker.free += 1
-        if worker.free == 1:
+        free = worker.free = worker.free + 1
+        if free == 1:
             self._idle.append(worker)
-        worker._update_state()
+        # worker._update_state(), inlined (the worker is alive)
+        worker.state = "cancelling" if worker._abandoned else "busy" if worker.load else "idle"
 
     def _worker_ready(self, worker: Worker) -> None:
         if not self._features:

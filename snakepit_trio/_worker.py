@@ -78,14 +78,68 @@ def native_event_class() -> Callable[[], Waitable]:
     """
     backend = sniffio.current_async_library()
     if backend == "trio":
-        import trio
-
-        return trio.Event
+        return _trio_signal_class()
     if backend == "asyncio":
         import asyncio
 
         return asyncio.Event
     return anyio.Event  # pragma: no cover - another backend
+
+
+_TRIO_SIGNAL: Callable[[], Waitable] | None = None
+
+
+def _trio_signal_class() -> Callable[[], Waitable]:
+    """A one-shot event for trio, lighter than ``trio.Event`` (one per request).
+
+    ``trio.Event`` builds an attrs object with a parking lot (an ``OrderedDict``) and parks
+    each waiter through it; this one keeps its waiting tasks in a list made on first wait and
+    reschedules them directly. Same semantics: ``wait()`` is a checkpoint, waiters wake in
+    order, and a cancelled waiter leaves the list.
+    """
+    global _TRIO_SIGNAL
+    if _TRIO_SIGNAL is not None:
+        return _TRIO_SIGNAL
+    from trio.lowlevel import Abort, checkpoint, current_task, reschedule, wait_task_rescheduled
+
+    class TrioSignal:
+        __slots__ = ("_flag", "_waiters")
+
+        def __init__(self) -> None:
+            self._flag = False
+            self._waiters: list[Any] | None = None
+
+        def is_set(self) -> bool:
+            return self._flag
+
+        def set(self) -> None:
+            if self._flag:
+                return
+            self._flag = True
+            waiters = self._waiters
+            if waiters:
+                self._waiters = None
+                for task in waiters:
+                    reschedule(task)
+
+        async def wait(self) -> None:
+            if self._flag:
+                await checkpoint()
+                return
+            task = current_task()
+            waiters = self._waiters
+            if waiters is None:
+                self._waiters = waiters = []
+            waiters.append(task)
+
+            def abort(_: object) -> Abort:
+                waiters.remove(task)
+                return Abort.SUCCEEDED
+
+            await wait_task_rescheduled(abort)
+
+    _TRIO_SIGNAL = TrioSignal
+    return TrioSignal
 
 
 @attrs.frozen
@@ -280,6 +334,18 @@ class Worker:
             return
         await self._write_now(data)
 
+    def queue_frame(self, data: bytes) -> bool:
+        """``write`` without a coroutine when a flusher writes for this worker: queue the frame
+        for its next write and return True. False: the caller must ``await write(data)``."""
+        wakeup = self._flush_wakeup
+        if wakeup is None:
+            return False
+        self._outbox.append(data)
+        if not self._flush_pending:
+            self._flush_pending = True
+            wakeup.set()
+        return True
+
     async def _flusher(self) -> None:
         """Multiplexed workers: write the queued frames, in order, one write per turn."""
         while True:
@@ -472,7 +538,19 @@ class Worker:
             if events:
                 share = self._unattributed / len(events)
                 self._unattributed = 0
+                calls = self._calls
+                release = self.pool._release
                 for event in events:
+                    if type(event) is Response:  # _route, inlined for the common case
+                        call = calls.pop(event.id)  # type: ignore[arg-type]
+                        self.load -= 1
+                        self.requests += 1
+                        self.total_requests += 1
+                        if call.abandoned:
+                            self._abandoned -= 1
+                        call.finish(event, None)
+                        release(self)
+                        continue
                     if type(event) is StreamChunk:
                         self._count_chunk(event.id, share)
                     self._route(event)
