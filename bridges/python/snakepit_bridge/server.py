@@ -258,7 +258,10 @@ class ProtocolHandler:
             return
         kind = message.get("type")
         if kind is None:
-            self._on_request(message)
+            if type(message.get("id")) is int and not self._shutdown:
+                self._queue.append(message)  # _on_request's common case
+            else:
+                self._on_request(message)
         elif kind == CANCEL:
             self._on_cancel(message.get("id"))
         elif kind == CREDIT:
@@ -374,10 +377,40 @@ class ProtocolHandler:
             self._send(_failure(request_id, f"Unknown command: {command}", UNSUPPORTED_ERROR_TYPE))
         else:
             stream = message.get("stream") is True
-            credits = message.get("credits") if stream and _is_int(message.get("credits")) else None
             if self._outbox and (stream or self._durations.get(command, 1.0) >= _QUICK):
                 self._flush()  # do not hold finished responses back behind a slow request
-            self._send(self._execute(request_id, command, args, function, stream, credits))
+            if stream:
+                credits = message.get("credits") if _is_int(message.get("credits")) else None
+                self._send(self._execute(request_id, command, args, function, True, credits))
+            else:
+                self._send(self._execute_call(request_id, command, args, function))
+
+    def _execute_call(
+        self,
+        request_id: int,
+        command: str,
+        args: dict[str, Any],
+        function: Callable[[dict[str, Any]], Any],
+    ) -> dict[str, Any]:
+        """``_execute`` for a request without a stream: the common case, kept short."""
+        ctx = RequestContext(request_id, command, args, poll=self._poll_running)
+        job = self._job = _Job(ctx, None)
+        token = bind_context(ctx)
+        started = time.monotonic()
+        self.command_handler.request_count += 1
+        try:
+            result = function(args)
+            if type(result) not in _PLAIN_RESULTS:
+                result = self._complete(job, result)
+        except Cancelled:
+            return _cancelled(request_id)
+        except Exception as exc:
+            return _error(request_id, exc)
+        finally:
+            unbind_context(token)
+            self._job = None
+            self._durations[command] = time.monotonic() - started
+        return {"id": request_id, "success": True, "result": result, "timestamp": utc_timestamp()}
 
     def _execute(
         self,
@@ -412,6 +445,11 @@ class ProtocolHandler:
         value = function(args)
         if type(value) in _PLAIN_RESULTS and not job.ctx.stream:
             return value  # the common case, without the ABC checks below
+        return self._complete(job, value)
+
+    def _complete(self, job: _Job, value: Any) -> Any:
+        """What a handler returned, turned into the result: generators drained (or streamed),
+        awaitables run."""
         if isinstance(value, (Generator, AsyncGenerator)):
             if job.ctx.stream:
                 return self._drain(job, value, lambda item: self._send_chunk(job, item))
@@ -498,13 +536,17 @@ class ProtocolHandler:
         codec = self._codec
         assert codec is not None
         try:
-            parts = encode_frame_parts(codec.encode(message), self._max_frame_size)
+            header, payload = encode_frame_parts(codec.encode(message), self._max_frame_size)
         except Exception as exc:
             failure = _failure(
                 message.get("id"), f"cannot send the result: {exc}", type(exc).__name__
             )
-            parts = encode_frame_parts(codec.encode(failure), self._max_frame_size)
-        self._queue_frame(parts)
+            header, payload = encode_frame_parts(codec.encode(failure), self._max_frame_size)
+        if len(payload) < _GATHER_ABOVE:
+            self._outbox.append(header + payload)
+        else:  # big: written with writev, never copied into one buffer
+            self._outbox.append(header)
+            self._outbox.append(payload)
 
     def _queue_frame(self, parts: tuple[bytes, bytes]) -> None:
         header, payload = parts
