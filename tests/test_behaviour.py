@@ -21,7 +21,7 @@ import snakepit_trio as sp
 
 pytestmark = pytest.mark.anyio
 
-CONFIG = sp.PoolConfig(cancel_grace=1.0, shutdown_grace=1.0, kill_grace=1.0)
+CONFIG = sp.PoolConfig(cancel_grace=2.0, shutdown_grace=1.0, kill_grace=1.0)
 
 
 BRIDGES: dict[str, Callable[[], sp.Adapter]] = {

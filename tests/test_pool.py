@@ -16,7 +16,8 @@ import snakepit_trio as sp
 pytestmark = pytest.mark.anyio
 
 TESTING = "snakepit_bridge.testing:TestingHandler"
-FAST = sp.PoolConfig(shutdown_grace=1.0, kill_grace=1.0, cancel_grace=0.5)
+# cancel_grace: tests that expect a confirmed cancel (same pid) need margin on a loaded machine.
+FAST = sp.PoolConfig(shutdown_grace=1.0, kill_grace=1.0, cancel_grace=2.0)
 
 
 def make_adapter(**kwargs: Any) -> sp.PythonAdapter:
@@ -24,15 +25,14 @@ def make_adapter(**kwargs: Any) -> sp.PythonAdapter:
 
 
 async def test_concurrent_start_and_basic_commands() -> None:
-    started = time.monotonic()
     async with sp.open_pool(sp.PythonAdapter(), size=4, config=FAST) as pool:
-        elapsed = time.monotonic() - started
         infos = pool.workers()
         assert [w.state for w in infos] == ["idle"] * 4
         assert len({w.pid for w in infos}) == 4
-        # Started concurrently: all four were spawned within less than one worker's start-up.
-        uptimes = [w.uptime for w in infos if w.uptime is not None]
-        assert max(uptimes) - min(uptimes) < elapsed / 2
+        # Started concurrently: every worker was spawned before the first one was ready.
+        spawned = [w.proc.started_at for w in pool._workers if w.proc is not None]
+        assert len(spawned) == 4
+        assert max(spawned) <= min(w._ready_at for w in pool._workers)
         assert all(w.protocol == "msgpack" for w in infos)
         assert "stream" in pool.features
 
@@ -127,7 +127,7 @@ async def test_queue_full_rejects_at_once() -> None:
             start = time.monotonic()
             with pytest.raises(sp.PoolSaturated):
                 await pool.execute("ping")
-            assert time.monotonic() - start < 0.1
+            assert time.monotonic() - start < 0.5  # at once, not after a queue wait
         assert sorted(outcomes) == ["ok", "ok", "ok"]
         stats = pool.stats()
         assert stats["pool_saturated"] == 1
@@ -169,7 +169,7 @@ async def test_call_timeout_bounds_the_queue_wait_too() -> None:
             start = time.monotonic()
             with pytest.raises(sp.QueueTimeout):
                 await pool.execute("ping", timeout=0.1)
-            assert time.monotonic() - start < 0.4
+            assert time.monotonic() - start < 1.0  # not queue_timeout (10 s)
 
 
 async def test_command_timeout_cancels_a_cooperative_handler() -> None:
@@ -208,11 +208,13 @@ async def test_cancel_while_the_worker_task_group_closes() -> None:
         pid = worker.pid
         async with anyio.create_task_group() as closed:
             pass
-        with anyio.move_on_after(0.2):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(pool.execute, "sleep", {"seconds": 5})
-                await anyio.sleep(0.1)
-                worker._tg = closed
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pool.execute, "sleep", {"seconds": 5})
+            with anyio.fail_after(5):
+                while worker.load == 0:
+                    await anyio.sleep(0.01)
+            worker._tg = closed
+            tg.cancel_scope.cancel()
         with anyio.fail_after(10):
             assert (await pool.execute("ping"))["status"] == "ok"
         assert pool.workers()[0].pid != pid

@@ -98,7 +98,7 @@ async def test_crash_loop_after_start_gives_callers_startup_error_not_a_spin(
             refused_at = time.monotonic()
             with pytest.raises(sp.StartupError) as caught:
                 await pool.execute("ping")
-            assert time.monotonic() - refused_at < 0.1
+            assert time.monotonic() - refused_at < 0.5  # at once, not after a start-up attempt
             assert all(w.state == "stopped" for w in pool.workers())
             starts = kit.starts()
             await anyio.sleep(0.3)

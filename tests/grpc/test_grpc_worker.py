@@ -171,11 +171,13 @@ def test_tcp_worker_serves_loopback_and_answers_health_and_info() -> None:
             assert health.serving
             reply = await stub.execute(ExecuteRequest(command="echo", args=pack({"b": b"\x01"})))
             assert reply.success and unpack(reply.result)["echoed"] == {"b": b"\x01"}
-            started = time.monotonic()
+            took = []
             for _ in range(10):
+                started = time.monotonic()
                 await stub.execute(ExecuteRequest(command="ping"))
+                took.append(time.monotonic() - started)
             # TCP_NODELAY is on (IPPROTO_TCP listening socket): no 40 ms delayed-ACK stalls.
-            assert (time.monotonic() - started) / 10 < 0.03
+            assert sorted(took)[5] < 0.03  # the median: a stall of a loaded machine is not Nagle
         finally:
             channel.close()
 
