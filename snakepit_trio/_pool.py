@@ -96,10 +96,6 @@ def _backend_primitives() -> tuple[Callable[[], float], Callable[[], Awaitable[N
     return anyio.current_time, anyio.lowlevel.checkpoint_if_cancelled
 
 
-def _free_slots(worker: Worker) -> int:
-    return worker.free
-
-
 def _response_error(response: Any) -> SnakepitError:
     message = response.error or "command failed"
     error_type = response.error_type
@@ -601,8 +597,13 @@ class Pool:
             worker = idle[-1]
             if worker.capacity > 1 and len(idle) > 1:
                 # Several in flight per worker: spread the load (the least busy worker), or
-                # one worker would take every request while the others sit idle.
-                worker = max(idle, key=_free_slots)
+                # one worker would take every request while the others sit idle. This is
+                # max(idle, key=lambda w: w.free) (the first of equals) without a call per worker.
+                worker = idle[0]
+                most = worker.free
+                for other in idle:
+                    if other.free > most:
+                        worker, most = other, other.free
             self._take(worker)
             return worker
         return None
