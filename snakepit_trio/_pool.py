@@ -761,15 +761,13 @@ class Pool:
         request_id = next(self._ids)
         frame = self._encode_request(worker.codec, request_id, "ping", {}, False)
         call = worker.begin(request_id, "ping", frame, False)
+        call.probe = True  # counted neither as served nor toward max_requests
         await worker.write(frame)
         with anyio.move_on_after(self.config.health_check_timeout):
             await call.event.wait()
         if not call.done:
             worker.abandon(call, "health check timed out")
             worker.stop(f"no answer to a health check within {self.config.health_check_timeout} s")
-        elif call.error is None and call.response is not None:
-            worker.requests -= 1  # health pings are not requests served
-            worker.total_requests -= 1
 
     async def _session_cleanup_loop(self) -> None:
         while True:

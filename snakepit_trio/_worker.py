@@ -176,6 +176,7 @@ class _Call:
         "error",
         "event",
         "id",
+        "probe",
         "response",
         "started",
         "stream",
@@ -199,6 +200,7 @@ class _Call:
         self.done = False
         self.timed_out = False
         self.abandoned = False
+        self.probe = False  # a health ping: not a request served
         self.response: Response | None = None
         self.error: SnakepitError | None = None
         self.started = 0.0
@@ -504,8 +506,9 @@ class Worker:
             assert event.id is not None
             call = self._calls.pop(event.id)
             self.load -= 1
-            self.requests += 1
-            self.total_requests += 1
+            if not call.probe:
+                self.requests += 1
+                self.total_requests += 1
             if call.abandoned:
                 self._abandoned -= 1
             call.finish(event, None)
@@ -544,8 +547,9 @@ class Worker:
                     if type(event) is Response:  # _route, inlined for the common case
                         call = calls.pop(event.id)  # type: ignore[arg-type]
                         self.load -= 1
-                        self.requests += 1
-                        self.total_requests += 1
+                        if not call.probe:
+                            self.requests += 1
+                            self.total_requests += 1
                         if call.abandoned:
                             self._abandoned -= 1
                         call.finish(event, None)

@@ -287,6 +287,19 @@ async def test_recycling_by_request_count_fails_nothing() -> None:
 
 
 @pytest.mark.anyio
+async def test_health_pings_do_not_count_toward_max_requests() -> None:
+    config = sp.PoolConfig(max_requests=3, shutdown_grace=1.0)
+    async with sp.open_pool(sp.PythonAdapter(TESTING), size=1, config=config) as pool:
+        pids = [(await pool.execute("getpid"))["pid"] for _ in range(2)]
+        await pool._health_check(pool._workers[0])  # a ping between two requests
+        pids.append((await pool.execute("getpid"))["pid"])
+        assert pids == [pids[0]] * 3
+        assert pool.workers()[0].requests in (0, 3)  # recycled after the third, not before
+        with anyio.fail_after(10):
+            assert (await pool.execute("getpid"))["pid"] != pids[0]
+
+
+@pytest.mark.anyio
 async def test_recycling_by_memory() -> None:
     config = sp.PoolConfig(max_memory=150 * 2**20)
     async with sp.open_pool(sp.PythonAdapter(TESTING), size=1, config=config) as pool:
