@@ -402,12 +402,21 @@ class Pool:
     async def _wait_for_worker(self, prefer: Worker | None, command: str, deadline: float) -> Worker:
         """Queue the caller (FIFO) until a worker is handed to it, or it times out."""
         waiter = self._enqueue(prefer, command, deadline)
-        try:
-            await waiter.event.wait()
-        except BaseException:
-            self._leave_queue(waiter)
-            raise
-        return self._queue_outcome(waiter, command)
+        while True:
+            try:
+                await waiter.event.wait()
+            except BaseException:
+                self._leave_queue(waiter)
+                raise
+            worker = self._queue_outcome(waiter, command)
+            if worker.alive:
+                return worker
+            # It died between the hand-off and this wake-up; nothing was sent. The caller
+            # keeps its place (the front) and its queue deadline.
+            retry = self._take_now(prefer, command)
+            if retry is not None:
+                return retry
+            waiter = self._enqueue(prefer, command, deadline, queued_since=waiter.started)
 
     def _begin(
         self,
@@ -608,12 +617,23 @@ class Pool:
             return worker
         return None
 
-    def _enqueue(self, prefer: Worker | None, command: str, deadline: float) -> _Waiter:
-        """Queue a caller (FIFO) or reject it at once; the deadline watcher times it out."""
+    def _enqueue(
+        self,
+        prefer: Worker | None,
+        command: str,
+        deadline: float,
+        *,
+        queued_since: float | None = None,
+    ) -> _Waiter:
+        """Queue a caller (FIFO) or reject it at once; the deadline watcher times it out.
+
+        ``queued_since``: a caller admitted then, whose worker died before it woke, goes
+        back to the front, is never rejected as saturated, and keeps its queue deadline.
+        """
         config = self.config
         if all(w.broken for w in self._workers):
             raise startup_failure(self._workers)
-        if self._queued >= config.max_queue:
+        if queued_since is None and self._queued >= config.max_queue:
             self._stats.pool_saturated += 1
             self._reject(command, "saturated", 0.0)
             raise PoolSaturated(
@@ -621,11 +641,14 @@ class Pool:
                 f"(max_queue={config.max_queue})"
             )
         strict = prefer if (config.affinity == "strict" and prefer is not None and prefer.alive) else None
-        now = self._now()
-        waiter = _Waiter(strict, self._new_event(), now)
-        self._waiters.append(waiter)
+        if queued_since is None:
+            waiter = _Waiter(strict, self._new_event(), self._now())
+            self._waiters.append(waiter)
+        else:
+            waiter = _Waiter(strict, self._new_event(), queued_since)
+            self._waiters.appendleft(waiter)
         self._queued += 1
-        self._arm_deadline(waiter, min(deadline, now + config.queue_timeout))
+        self._arm_deadline(waiter, min(deadline, waiter.started + config.queue_timeout))
         return waiter
 
     def _leave_queue(self, waiter: _Waiter) -> None:

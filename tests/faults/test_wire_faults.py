@@ -136,6 +136,33 @@ async def test_answering_twice_delivers_the_first_answer_then_replaces_the_worke
     assert result == "first"
 
 
+async def test_a_caller_queued_behind_a_protocol_violation_is_served_by_the_replacement(
+    kit: FaultKit,
+) -> None:
+    """The worker is handed to the queued caller, then breaks before that caller runs: the
+    caller must not get the broken worker (nothing was sent); it waits for the next one."""
+    outcomes: dict[str, object] = {}
+
+    async def call(name: str, command: str, args: dict[str, float]) -> None:
+        try:
+            outcomes[name] = await pool.execute(command, args)
+        except Exception as exc:  # recorded: the assertion below names it
+            outcomes[name] = exc
+
+    with anyio.fail_after(BOUND):
+        async with sp.open_pool(kit.adapter("answer_twice"), size=1, config=FAULT_CONFIG) as pool:
+            hostile_pid = pool.workers()[0].pid
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, "hostile", "hostile", {"delay": 0.3})
+                await wait_until(lambda: pool.stats()["busy"] == 1, "the hostile call to start")
+                tg.start_soon(call, "queued", "whoami", {})
+                await wait_until(lambda: pool.stats()["queued"] == 1, "the caller to queue")
+    assert outcomes["hostile"] == "first"
+    queued = outcomes["queued"]
+    assert isinstance(queued, dict), f"the queued caller got {queued!r}"
+    assert queued["pid"] != hostile_pid
+
+
 async def test_lying_bridge_that_announces_cancel_but_ignores_it_is_replaced(
     kit: FaultKit,
 ) -> None:

@@ -44,7 +44,7 @@ FAULTS = (
     "huge_header",  # a header announcing 0xFFFFFFFF bytes, then a little of the body
     "half_frame_exit",  # half a frame, then exit 0
     "unknown_id",  # answer with an id that was never sent
-    "answer_twice",  # answer the request twice, both frames in one write
+    "answer_twice",  # answer the request twice, both frames in one write (after args["delay"])
     "answer_twice_apart",  # answer the request twice, 50 ms apart
     "slow",  # answer after args["seconds"] (default 5 s)
     "close_stdout",  # close stdout, ignore SIGTERM and stdin EOF, keep running
@@ -115,6 +115,7 @@ class Bridge:
         elif fault == "unknown_id":
             self.respond(987654321, "for nobody")
         elif fault == "answer_twice":
+            time.sleep(float(args.get("delay", 0.0)))
             frames = [
                 self.encode({"id": request_id, "success": True, "result": r})
                 for r in ("first", "second")
