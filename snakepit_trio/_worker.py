@@ -371,7 +371,9 @@ class Worker:
             return
         fd = proc.stdin_fd
         view: memoryview | bytes = data
-        if not self._writing:
+        lock = self._write_lock
+        # The lock may be held, or handed to a waiter that has not run yet: then queue behind it.
+        if not self._writing and not lock.locked():
             try:
                 written = os.write(fd, data)
             except BlockingIOError:
@@ -382,14 +384,17 @@ class Worker:
                 return
             view = memoryview(data)[written:]
             if written:
-                # Part of the frame is out: the rest must follow before anything else.
+                # Part of the frame is out: the rest must follow before any other write, so
+                # take the lock (free: no checkpoint since it was checked) while it goes out.
+                lock.acquire_nowait()
                 self._writing = True
                 try:
                     await self._write_rest(fd, view)
                 finally:
                     self._writing = False
+                    lock.release()
                 return
-        async with self._write_lock:
+        async with lock:
             self._writing = True
             try:
                 await self._write_rest(fd, view)
@@ -399,7 +404,7 @@ class Worker:
     def _write_nowait(self, data: bytes) -> bool:
         """Write a small frame (at most PIPE_BUF, so all or nothing) if that can be done now."""
         proc = self.proc
-        if proc is None or proc.stdin_closed or self._writing:
+        if proc is None or proc.stdin_closed or self._writing or self._write_lock.locked():
             return False
         try:
             return os.write(proc.stdin_fd, data) == len(data)
