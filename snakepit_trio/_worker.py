@@ -913,6 +913,7 @@ class Worker:
         env[constants.ENV_RUN_ID] = self.pool.run_id
         env[constants.ENV_WORKER_ID] = str(self.id)
         env[constants.ENV_LIFELINE_GRACE] = str(self.config.shutdown_grace)
+        env[constants.ENV_SESSION_TTL] = str(self.config.session_ttl)
         return env
 
     async def _handshake(self, proc: WorkerProcess) -> int:

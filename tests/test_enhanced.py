@@ -11,8 +11,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
-from snakepit_bridge.enhanced import ENHANCED_COMMANDS, to_wire
+from snakepit_bridge.enhanced import (
+    ENHANCED_COMMANDS,
+    EnhancedCommandHandler,
+    ObjectNotFound,
+    to_wire,
+)
+from snakepit_bridge.protocol.constants import ENV_SESSION_TTL
 
 import snakepit_trio as sp
 from snakepit_trio._adapters import Wire
@@ -139,6 +146,48 @@ async def test_the_object_store_is_per_session(pool: sp.Pool) -> None:
     # without a session there is no store
     with pytest.raises(sp.CommandError, match="execute_in_session"):
         await pool.execute("store", {"name": "x", "value": 1})
+
+
+def test_a_session_unused_for_the_ttl_loses_its_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    handler = EnhancedCommandHandler(session_ttl=100)
+    monkeypatch.setattr(handler, "_clock", lambda: now[0])
+    handler.handle_store({"session_id": "old", "name": "x", "value": 1})
+    handler.handle_store({"session_id": "busy", "name": "y", "value": 2})
+    for _ in range(4):  # "busy" keeps being used; "old" does not (sweeps are 50 s apart)
+        now[0] += 40
+        handler.handle_retrieve({"session_id": "busy", "name": "y"})
+    assert set(handler.stores) == {"busy"}
+    with pytest.raises(ObjectNotFound):
+        handler.handle_retrieve({"session_id": "old", "name": "x"})
+    now[0] += 100
+    handler.handle_list_stored({"session_id": "other"})  # any session's access sweeps
+    assert handler.stores == {}
+
+
+def test_the_session_ttl_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_SESSION_TTL, raising=False)
+    assert EnhancedCommandHandler().session_ttl == 3600
+    monkeypatch.setenv(ENV_SESSION_TTL, "2.5")
+    assert EnhancedCommandHandler().session_ttl == 2.5
+    monkeypatch.setenv(ENV_SESSION_TTL, "inf")
+    assert EnhancedCommandHandler().session_ttl == math.inf
+    for bad in ("soon", "-1", "nan"):
+        monkeypatch.setenv(ENV_SESSION_TTL, bad)
+        with pytest.raises(ValueError, match=ENV_SESSION_TTL):
+            EnhancedCommandHandler()
+
+
+@pytest.mark.anyio
+async def test_worker_objects_expire_with_the_pool_session_ttl(anyio_backend: str) -> None:
+    config = sp.PoolConfig(session_ttl=0.3)
+    async with sp.open_pool(sp.PythonAdapter(enhanced=True), size=1, config=config) as pool:
+        await pool.execute_in_session(S, "store", {"name": "x", "value": 1})
+        assert (await pool.execute_in_session(S, "retrieve", {"name": "x"}))["value"] == 1
+        await anyio.sleep(0.5)
+        with pytest.raises(sp.CommandError) as info:
+            await pool.execute_in_session(S, "retrieve", {"name": "x"})
+        assert info.value.error_type == "ObjectNotFound"
 
 
 @pytest.mark.anyio

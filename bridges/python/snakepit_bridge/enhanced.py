@@ -33,12 +33,19 @@ Named tuples become maps. Store the object (``store_as``) to keep it whole.
 
 The store lives in this worker process: it is lost when the worker restarts or is recycled,
 and it reaches only calls routed to this worker, so use ``PoolConfig(affinity="strict")``.
+A session's objects are freed once no command of this handler has used them for the pool's
+session TTL (``SNAKEPIT_SESSION_TTL``, which the pool sets; 3600 s without it), at the next
+command after that (late by at most half the TTL or a minute).
 """
 
 from __future__ import annotations
 
+import os
+import time
+
 from .context import current_context
 from .generic import GenericCommandHandler
+from .protocol.constants import ENV_SESSION_TTL
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -73,6 +80,8 @@ _DEFAULT_REPR = 200
 _INT_MIN = -(1 << 63)
 _INT_MAX = (1 << 64) - 1
 _MAX_ATTRIBUTES = 100
+_DEFAULT_SESSION_TTL = 3600.0
+_MAX_SWEEP_INTERVAL = 60.0
 
 
 class TargetNotFound(LookupError):
@@ -299,9 +308,12 @@ class EnhancedCommandHandler(GenericCommandHandler):
 
     bridge_type = "enhanced"
 
-    def __init__(self) -> None:
-        #: session id -> name -> object. Lives as long as this worker process.
+    def __init__(self, *, session_ttl: float | None = None) -> None:
+        #: session id -> name -> object. A session unused for ``session_ttl`` seconds is freed.
         self.stores: dict[str, dict[str, Any]] = {}
+        self.session_ttl = _session_ttl_from_env() if session_ttl is None else session_ttl
+        self._last_used: dict[str, float] = {}
+        self._next_sweep = 0.0
         super().__init__()
 
     def _register_commands(self) -> None:
@@ -310,6 +322,21 @@ class EnhancedCommandHandler(GenericCommandHandler):
             self.register_command(name, getattr(self, f"handle_{name}"))
 
     # -- helpers
+    @staticmethod
+    def _clock() -> float:
+        return time.monotonic()
+
+    def _touch(self, session_id: str) -> None:
+        """Mark the session used now, and free the stores of sessions that have expired."""
+        now = self._clock()
+        if now >= self._next_sweep:  # before this access counts: it may find its own expired
+            self._next_sweep = now + min(self.session_ttl / 2, _MAX_SWEEP_INTERVAL)
+            cutoff = now - self.session_ttl
+            for sid in [sid for sid, used in self._last_used.items() if used <= cutoff]:
+                del self._last_used[sid]
+                self.stores.pop(sid, None)
+        self._last_used[session_id] = now
+
     def _store(self, args: Mapping[str, Any], command: str, *, create: bool) -> dict[str, Any]:
         session_id = args.get("session_id")
         if not isinstance(session_id, str) or not session_id:
@@ -317,13 +344,17 @@ class EnhancedCommandHandler(GenericCommandHandler):
                 f"{command!r} keeps objects per session: run it with "
                 "pool.execute_in_session(session_id, ...)"
             )
+        self._touch(session_id)
         if create:
             return self.stores.setdefault(session_id, {})
         return self.stores.get(session_id, {})
 
     def _session_layer(self, args: Mapping[str, Any]) -> dict[str, Any]:
         session_id = args.get("session_id")
-        return self.stores.get(session_id, {}) if isinstance(session_id, str) else {}
+        if not isinstance(session_id, str) or not session_id:
+            return {}
+        self._touch(session_id)
+        return self.stores.get(session_id, {})
 
     def _run_call(self, spec: Mapping[str, Any], scope: _Scope) -> Any:
         """Resolve the callable and its arguments of one call spec, and call it."""
@@ -422,6 +453,7 @@ class EnhancedCommandHandler(GenericCommandHandler):
         session_id = args["session_id"]
         if not store:
             self.stores.pop(session_id, None)
+            self._last_used.pop(session_id, None)
         return {
             "status": "ok",
             "deleted": deleted,
@@ -485,6 +517,19 @@ class EnhancedCommandHandler(GenericCommandHandler):
             "result": result,
             "stored": sorted(pending),
         }
+
+
+def _session_ttl_from_env() -> float:
+    raw = os.environ.get(ENV_SESSION_TTL)
+    if raw is None:
+        return _DEFAULT_SESSION_TTL
+    try:
+        ttl = float(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_SESSION_TTL}={raw!r} is not a number of seconds") from None
+    if not ttl >= 0:  # NaN fails too; inf means never
+        raise ValueError(f"{ENV_SESSION_TTL}={raw!r} must be a number of seconds >= 0")
+    return ttl
 
 
 _MISSING = object()

@@ -46,6 +46,8 @@ UNSUPPORTED_ERROR_TYPE: Final = "UnsupportedCommand"
 ENV_LIFELINE_FD: Final = "SNAKEPIT_LIFELINE_FD"
 ENV_LIFELINE_GRACE: Final = "SNAKEPIT_LIFELINE_GRACE"
 ENV_RUN_ID: Final = "SNAKEPIT_RUN_ID"
+# The pool's session TTL in seconds: worker-side per-session state idle longer may be freed.
+ENV_SESSION_TTL: Final = "SNAKEPIT_SESSION_TTL"
 ENV_WORKER_ID: Final = "SNAKEPIT_WORKER_ID"
 
 _last_ms = -1
