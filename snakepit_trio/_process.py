@@ -118,6 +118,7 @@ class WorkerProcess:
         """The graceful first step of the ladder: the bridge sees EOF and finishes up."""
         if not self._stdin_closed:
             self._stdin_closed = True
+            _notify_closing(self.stdin_fd)
             with contextlib.suppress(OSError):
                 assert self._popen.stdin is not None
                 self._popen.stdin.close()
@@ -199,6 +200,8 @@ class WorkerProcess:
         if self._closed:
             return
         self._closed = True
+        if not self._stdin_closed:
+            _notify_closing(self.stdin_fd)
         for stream in (self._popen.stdin, self._popen.stdout, self._popen.stderr):
             if stream is not None:
                 with contextlib.suppress(OSError):
@@ -211,6 +214,16 @@ class WorkerProcess:
             with contextlib.suppress(OSError):
                 os.close(self._pidfd)
             self._pidfd = None
+
+
+def _notify_closing(fd: int) -> None:
+    """Wake whoever waits to write to ``fd`` (ClosedResourceError) before it is closed.
+
+    Without it, trio forgets a waiter on a closed descriptor: a caller writing a big frame
+    to a worker that stopped reading would wait forever.
+    """
+    with contextlib.suppress(RuntimeError):  # no event loop here: nobody can be waiting
+        anyio.notify_closing(fd)
 
 
 def spawn_worker(

@@ -418,7 +418,10 @@ class Worker:
         sent = 0
         try:
             while sent < total:
-                await anyio.wait_writable(fd)
+                try:
+                    await anyio.wait_writable(fd)
+                except anyio.ClosedResourceError:
+                    return  # its stdin was closed under this write: the worker is going down
                 try:
                     sent += os.write(fd, view[sent:])
                 except BlockingIOError:

@@ -5,6 +5,7 @@ Timing logic runs under trio's MockClock; everything about signals uses real pro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -26,6 +27,37 @@ from snakepit_trio._process import spawn_worker
 
 HANDLERS = str(Path(__file__).parent / "handlers")
 TESTING = "snakepit_bridge.testing:TestingHandler"
+
+
+# ---------------------------------------------------------------- pipes
+
+
+@pytest.mark.anyio
+async def test_closing_stdin_wakes_a_writer_blocked_on_it() -> None:
+    """A caller blocked writing to a worker that stopped reading must not outlive the close."""
+    proc = spawn_worker(
+        [sys.executable, "-c", "import time; time.sleep(30)"], env=dict(os.environ), cwd=None
+    )
+    try:
+        with contextlib.suppress(BlockingIOError):
+            while True:  # fill the pipe: the child never reads
+                os.write(proc.stdin_fd, b"x" * 65536)
+        woke = anyio.Event()
+
+        async def blocked_writer() -> None:
+            with pytest.raises(anyio.ClosedResourceError):
+                await anyio.wait_writable(proc.stdin_fd)
+            woke.set()
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(blocked_writer)
+                await anyio.sleep(0.1)
+                proc.close_stdin()
+                await woke.wait()
+    finally:
+        proc.kill_now()
+        proc.close()
 
 
 # ---------------------------------------------------------------- the ladder, on a mock clock
