@@ -377,9 +377,10 @@ class Pool:
 
     def _prepare(
         self, command: str, args: Mapping[str, Any] | None, session_id: str | None, stream: bool
-    ) -> tuple[int, bytes, Worker | None]:
+    ) -> tuple[int, bytes, Worker | None, codecs.Codec]:
         """Validate and encode at the call site: the request id, its frame, the preferred
-        worker (the session's last one). A queued call keeps only its frame."""
+        worker (the session's last one), the codec the frame is in. A queued call keeps only
+        its frame."""
         if self._closing:
             raise PoolClosed("the pool is closed")
         if not isinstance(command, str) or not command:
@@ -397,7 +398,8 @@ class Pool:
             if session.last_worker_id is not None:
                 prefer = self._workers[session.last_worker_id]
         request_id = next(self._ids)
-        return request_id, self._encode_request(self._codec, request_id, command, call_args, stream), prefer
+        codec = self._codec  # _worker_ready may replace self._codec while the call is queued
+        return request_id, self._encode_request(codec, request_id, command, call_args, stream), prefer, codec
 
     async def _wait_for_worker(self, prefer: Worker | None, command: str, deadline: float) -> Worker:
         """Queue the caller (FIFO) until a worker is handed to it, or it times out."""
@@ -412,7 +414,10 @@ class Pool:
             if worker.alive:
                 return worker
             # It died between the hand-off and this wake-up; nothing was sent. The caller
-            # keeps its place (the front) and its queue deadline.
+            # keeps its place (the front) and its queue deadline; a closing pool, which has
+            # already failed its queue (_fail_waiters), does not take it back.
+            if self._closing:
+                raise PoolClosed("the pool closed before this request could run")
             retry = self._take_now(prefer, command)
             if retry is not None:
                 return retry
@@ -426,6 +431,7 @@ class Pool:
         frame: bytes,
         stream: bool,
         session_id: str | None,
+        codec: codecs.Codec,
     ) -> tuple[_Call, bytes]:
         """Register the call on the worker it was given; returns it and the frame to send."""
         if session_id is not None:
@@ -433,7 +439,6 @@ class Pool:
             if current is not None:
                 current.last_worker_id = worker.id
         worker_codec = worker.codec
-        codec = self._codec
         if worker_codec is not codec and worker_codec.name != codec.name:
             # Rare: a worker that negotiated differently.
             frame = encode_frame(
@@ -452,11 +457,11 @@ class Pool:
     ) -> tuple[Worker, _Call, bytes, str | None]:
         """Validate and encode at the call site, wait for a worker, register the call."""
         await self._checkpoint_if_cancelled()
-        request_id, frame, prefer = self._prepare(command, args, session_id, stream)
+        request_id, frame, prefer, codec = self._prepare(command, args, session_id, stream)
         worker = self._take_now(prefer, command)
         if worker is None:
             worker = await self._wait_for_worker(prefer, command, deadline)
-        call, frame = self._begin(worker, request_id, command, frame, stream, session_id)
+        call, frame = self._begin(worker, request_id, command, frame, stream, session_id, codec)
         return worker, call, frame, session_id
 
     async def _execute(
@@ -474,11 +479,11 @@ class Pool:
                 timeout = self.config.command_timeout
         deadline = self._now() + timeout
         await self._checkpoint_if_cancelled()
-        request_id, frame, prefer = self._prepare(command, args, session_id, False)
+        request_id, frame, prefer, codec = self._prepare(command, args, session_id, False)
         worker = self._take_now(prefer, command)
         if worker is None:
             worker = await self._wait_for_worker(prefer, command, deadline)
-        call, frame = self._begin(worker, request_id, command, frame, False, session_id)
+        call, frame = self._begin(worker, request_id, command, frame, False, session_id, codec)
         self._arm_deadline(call, deadline)
         try:
             if not worker.queue_frame(frame):
