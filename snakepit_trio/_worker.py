@@ -100,7 +100,14 @@ def _trio_signal_class() -> Callable[[], Waitable]:
     global _TRIO_SIGNAL
     if _TRIO_SIGNAL is not None:
         return _TRIO_SIGNAL
-    from trio.lowlevel import Abort, checkpoint, current_task, reschedule, wait_task_rescheduled
+    from trio.lowlevel import (
+        Abort,
+        checkpoint,
+        current_task,
+        enable_ki_protection,
+        reschedule,
+        wait_task_rescheduled,
+    )
 
     class TrioSignal:
         __slots__ = ("_flag", "_waiters")
@@ -112,6 +119,7 @@ def _trio_signal_class() -> Callable[[], Waitable]:
         def is_set(self) -> bool:
             return self._flag
 
+        @enable_ki_protection  # as trio.Event.set: a KeyboardInterrupt cannot strand a waiter
         def set(self) -> None:
             if self._flag:
                 return
@@ -389,12 +397,14 @@ class Worker:
                 lock.acquire_nowait()
                 self._writing = True
                 try:
-                    await self._write_rest(fd, view)
+                    await self._write_rest(fd, view, started=True)
                 finally:
                     self._writing = False
                     lock.release()
                 return
         async with lock:
+            if proc.stdin_closed or self.proc is not proc:
+                return  # its stdin closed while this write waited for the lock
             self._writing = True
             try:
                 await self._write_rest(fd, view)
@@ -413,7 +423,10 @@ class Worker:
         except OSError:
             return True  # the worker is gone; the reader reports it
 
-    async def _write_rest(self, fd: int, view: memoryview | bytes) -> None:
+    async def _write_rest(
+        self, fd: int, view: memoryview | bytes, *, started: bool = False
+    ) -> None:
+        """Write ``view``; ``started``: the frame's first bytes already went out."""
         total = len(view)
         sent = 0
         try:
@@ -429,7 +442,7 @@ class Worker:
                 except OSError:
                     return
         except BaseException:
-            if 0 < sent < total:
+            if sent < total and (sent or started):
                 self.stop("a write was interrupted in the middle of a frame")
             raise
 
