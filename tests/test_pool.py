@@ -460,3 +460,80 @@ async def test_a_late_negotiation_answer_is_named_as_such() -> None:
     with pytest.raises(sp.StartupError, match="after negotiation_timeout"):
         async with sp.open_pool(adapter, size=1, config=config):
             pass
+
+
+async def test_a_caller_handed_a_worker_as_the_pool_closes_is_told_so() -> None:
+    """B is queued outside the pool's block; A's request ends and A closes the pool in the
+    same step that hands A's worker to B. B is served or hears PoolClosed; it never waits on."""
+    outcome: dict[str, object] = {}
+    async with anyio.create_task_group() as outer:
+        async with sp.open_pool(make_adapter(), size=1, config=FAST) as pool:
+
+            async def a() -> None:
+                await pool.execute("sleep", {"seconds": 0.2})
+                await pool.aclose()
+
+            async def b() -> None:
+                try:
+                    outcome["b"] = await pool.execute("ping", timeout=30)
+                except sp.SnakepitError as exc:
+                    outcome["b"] = exc
+
+            outer.start_soon(a)
+            await anyio.sleep(0.05)
+            outer.start_soon(b)
+            with anyio.fail_after(10):
+                while not pool.closed:
+                    await anyio.sleep(0.001)
+        with anyio.fail_after(10):
+            while "b" not in outcome:
+                await anyio.sleep(0.01)
+    answer = outcome["b"]
+    assert isinstance(answer, sp.PoolClosed) or answer == {**answer, "status": "ok"}, answer
+
+
+async def test_a_queued_frame_is_reencoded_if_the_pool_codec_changed_meanwhile() -> None:
+    """The frame keeps the codec it was encoded with, even if the pool's default changes (the
+    first ready worker fell back to JSON, a later one negotiated MessagePack)."""
+    from snakepit_bridge.protocol import codecs
+
+    async with sp.open_pool(make_adapter(), size=1, config=FAST) as pool:
+        worker = pool._workers[0]
+        assert worker.codec.name == "msgpack"
+        pool._take(worker)  # the only slot is busy: the next call queues
+        pool._codec = codecs.get_codec("json")
+        outcome: dict[str, object] = {}
+
+        async def caller() -> None:
+            outcome["echo"] = await pool.execute("echo", {"x": 1}, timeout=10)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(caller)
+            with anyio.fail_after(5):
+                while pool.stats()["queued"] != 1:
+                    await anyio.sleep(0.01)
+            pool._codec = codecs.get_codec("msgpack")
+            pool._release(worker)
+        assert isinstance(outcome["echo"], dict) and outcome["echo"]["echoed"] == {"x": 1}
+        assert pool.stats()["restarts"] == 0
+
+
+async def test_a_caller_cancelled_with_half_its_frame_written_replaces_the_worker() -> None:
+    """A frame bigger than the pipe, to a worker that is not reading: the caller gives up
+    after part of it went out. The worker cannot parse what follows: replace it at once."""
+    config = sp.PoolConfig(cancel_grace=30.0, shutdown_grace=1.0, kill_grace=1.0)
+    async with sp.open_pool(make_adapter(), size=1, config=config) as pool:
+        worker = pool._workers[0]
+        pid = worker.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # descheduled: it reads nothing
+        try:
+            with anyio.move_on_after(0.3):
+                await pool.execute("echo", {"x": "x" * (8 << 20)})
+            assert worker._stop_reason is not None
+            assert "middle of a frame" in worker._stop_reason
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        with anyio.fail_after(10):
+            assert (await pool.execute("ping"))["status"] == "ok"
+        assert pool.workers()[0].pid != pid
