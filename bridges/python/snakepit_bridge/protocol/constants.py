@@ -50,26 +50,37 @@ ENV_RUN_ID: Final = "SNAKEPIT_RUN_ID"
 ENV_SESSION_TTL: Final = "SNAKEPIT_SESSION_TTL"
 ENV_WORKER_ID: Final = "SNAKEPIT_WORKER_ID"
 
-_last_ms = -1
+_time = time.time
 _last_second = -1
 _last_prefix = ""
 _last_stamp = ""
+# The stamp is reused while time.time() stays in [_valid_from, _valid_until): from the clock
+# reading that formatted it to just short of the next millisecond (by 1 us, far more than a
+# float's rounding error at today's epoch, so the window never outlasts its millisecond).
+_valid_from = 0.0
+_valid_until = 0.0
 
 
 def utc_timestamp() -> str:
     """ISO-8601 UTC timestamp with milliseconds, e.g. ``2026-11-23T18:15:11.123Z``.
 
-    Cheap on the hot path: the same string is reused within a millisecond, and the date and
-    seconds are formatted once per second.
+    Cheap on the hot path: within a millisecond the same string is returned after two float
+    comparisons, and the date and seconds are formatted once per second.
     """
-    global _last_ms, _last_second, _last_prefix, _last_stamp
-    ms = int(time.time() * 1000)
-    if ms == _last_ms:
+    now = _time()
+    if _valid_from <= now < _valid_until:
         return _last_stamp
+    return _new_timestamp(now)
+
+
+def _new_timestamp(now: float) -> str:
+    global _last_second, _last_prefix, _last_stamp, _valid_from, _valid_until
+    ms = int(now * 1000)
     second, fraction = divmod(ms, 1000)
     if second != _last_second:
         _last_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         _last_second = second
-    _last_ms = ms
+    _valid_from = now
+    _valid_until = (ms + 0.999) / 1000
     _last_stamp = "%s.%03dZ" % (_last_prefix, fraction)  # noqa: UP031 - faster than f-string here
     return _last_stamp
