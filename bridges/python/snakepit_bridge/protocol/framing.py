@@ -94,6 +94,8 @@ class FrameDecoder:
         if self._error is not None:
             raise self._error
         buffer = self._buffer
+        if not buffer and type(data) is bytes:
+            return self._feed_bytes(data)
         buffer += data
         frames: list[bytes] = []
         pos = 0
@@ -127,6 +129,42 @@ class FrameDecoder:
                 self._buffer = bytearray()
         if pos:
             del buffer[:pos]
+        self._need = need
+        return frames
+
+    def _feed_bytes(self, data: bytes) -> list[bytes]:
+        """``feed`` when nothing is buffered (the common case: a read that starts on a frame
+        boundary): slice the payloads straight out of ``data``, buffer only its tail."""
+        frames: list[bytes] = []
+        pos = 0
+        end = len(data)
+        need = self._need
+        max_frame_size = self._max_frame_size
+        while True:
+            if need < 0:
+                if end - pos < HEADER_SIZE:
+                    break
+                (need,) = _unpack_header(data, pos)
+                if need > max_frame_size:
+                    self._error = ProtocolError(
+                        f"frame header announces {need} bytes, over the limit of "
+                        f"{max_frame_size} bytes"
+                    )
+                    completed = ProtocolError(*self._error.args)
+                    completed.events = tuple(frames)
+                    raise completed
+                pos += HEADER_SIZE
+            if end - pos < need:
+                break
+            frames.append(data[pos : pos + need])
+            pos += need
+            need = -1
+        if pos < end:
+            if pos:
+                with memoryview(data) as view:
+                    self._buffer += view[pos:]
+            else:
+                self._buffer += data
         self._need = need
         return frames
 
