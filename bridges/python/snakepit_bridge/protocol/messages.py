@@ -369,9 +369,15 @@ def parse_bridge_message(msg: Any) -> BridgeEvent:
 
 @attrs.define
 class _InFlight:
+    """The state of a stream, or of a request being cancelled. A plain request in flight has
+    none: its entry in ``ClientConnection._in_flight`` is None (no object per request)."""
+
     stream: bool
     cancelling: bool = False
     next_seq: int = 0
+
+
+_GONE: Final = _InFlight(False)  # a sentinel: "not in flight" (None means a plain request)
 
 
 class ClientConnection:
@@ -387,7 +393,10 @@ class ClientConnection:
         self.codec: Final = codec
         self.max_frame_size: Final = max_frame_size
         self._decoder = FrameDecoder(max_frame_size)
-        self._in_flight: dict[int, _InFlight] = {}
+        self._decode = codec.decode
+        # Request id -> None for a plain request (the common case: nothing to track but the
+        # id), or the _InFlight of a stream or of a request being cancelled.
+        self._in_flight: dict[int, _InFlight | None] = {}
         self._broken: ProtocolError | None = None
 
     # -- state
@@ -410,22 +419,27 @@ class ClientConnection:
             raise ValueError(f"request id {request.id} is already in flight")
         if frame is None:
             frame = self.encode(request)
-        self._in_flight[request.id] = _InFlight(stream=request.stream)
+        self._in_flight[request.id] = _InFlight(True) if request.stream else None
         return frame
 
     def start_request(self, request_id: int, stream: bool) -> None:
         """Register a request whose frame the caller encoded itself."""
-        self._check_usable()
-        if request_id in self._in_flight:
+        if self._broken is not None:
+            raise self._broken
+        in_flight = self._in_flight
+        if request_id in in_flight:
             raise ValueError(f"request id {request_id} is already in flight")
-        self._in_flight[request_id] = _InFlight(stream=stream)
+        in_flight[request_id] = _InFlight(True) if stream else None
 
     def send_cancel(self, request_id: int) -> bytes:
         """Frame asking to cancel ``request_id``; empty when it already finished."""
-        state = self._in_flight.get(request_id)
-        if state is None or state.cancelling:
+        state = self._in_flight.get(request_id, _GONE)
+        if state is None:
+            self._in_flight[request_id] = _InFlight(False, cancelling=True)
+        elif state is _GONE or state.cancelling:
             return b""
-        state.cancelling = True
+        else:
+            state.cancelling = True
         return self.encode(Cancel(request_id))
 
     def send_credit(self, request_id: int, credits: int) -> bytes:
@@ -445,17 +459,35 @@ class ClientConnection:
         flight. The connection is broken from then on (every later call raises the original
         error, without events).
         """
-        self._check_usable()
+        if self._broken is not None:
+            raise self._broken
         events: list[BridgeEvent] = []
         framing_error: ProtocolError | None = None
         try:
             payloads: Iterable[Any] = self._decoder.feed(data)
         except ProtocolError as exc:
             payloads, framing_error = exc.events, exc
+        decode = self._decode
+        in_flight = self._in_flight
+        append = events.append
         try:
             for payload in payloads:
-                event = parse_bridge_message(self.codec.decode(payload))
-                events.append(self._track(event))
+                msg = decode(payload)
+                # Fast path, the common case: a plain successful response to a request in
+                # flight. Anything else (or anything odd) takes the general path below, which
+                # checks everything and produces the errors.
+                if type(msg) is dict and msg.get("success") is True:
+                    request_id = msg.get("id")
+                    timestamp = msg.get("timestamp")
+                    if (
+                        type(request_id) is int
+                        and (timestamp is None or type(timestamp) is str)
+                        and in_flight.pop(request_id, _GONE) is not _GONE
+                    ):
+                        result = msg.get("result")
+                        append(Response(request_id, True, result, None, None, None, timestamp))
+                        continue
+                append(self._track(parse_bridge_message(msg)))
             if framing_error is not None:
                 raise framing_error
             return events
@@ -496,15 +528,14 @@ class ClientConnection:
                     )
                 (request_id,) = self._in_flight
                 event = attrs.evolve(event, id=request_id)
-            state = self._in_flight.pop(request_id, None)
-            if state is None:
+            if self._in_flight.pop(request_id, _GONE) is _GONE:
                 raise ProtocolError(f"response for request id {request_id}, which is not in flight")
             return event
         if isinstance(event, StreamChunk):
-            state = self._in_flight.get(event.id)
-            if state is None:
+            state = self._in_flight.get(event.id, _GONE)
+            if state is _GONE:
                 raise ProtocolError(f"chunk for request id {event.id}, which is not in flight")
-            if not state.stream:
+            if state is None or not state.stream:
                 raise ProtocolError(f"chunk for request id {event.id}, which is not a stream")
             if event.seq != state.next_seq:
                 raise ProtocolError(
