@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -299,13 +301,25 @@ clock_readings = st.one_of(
 @given(st.lists(clock_readings, min_size=1, max_size=30))
 def test_utc_timestamp_equals_the_stamp_formatted_from_scratch(readings: list[float]) -> None:
     it = iter(readings)
-    real = constants._time
-    constants._time = lambda: next(it)
-    try:
+    with mock.patch("time.time", lambda: next(it)):
         for now in readings:
             assert constants.utc_timestamp() == _stamp_from_scratch(now)
-    finally:
-        constants._time = real
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(2**34 * 1000, 2**39 * 1000))
+def test_the_reuse_window_never_outlasts_its_millisecond(ms: int) -> None:
+    first = ms / 1000
+    last = math.nextafter((ms + 0.999) / 1000, -math.inf)  # the latest reading a window could take
+    with mock.patch("time.time", lambda: first):
+        constants.utc_timestamp()
+    with mock.patch("time.time", lambda: last):
+        assert constants.utc_timestamp() == _stamp_from_scratch(last)
+
+
+def test_utc_timestamp_follows_a_patched_clock() -> None:
+    with mock.patch("time.time", return_value=0.0):
+        assert constants.utc_timestamp() == "1970-01-01T00:00:00.000Z"
 
 
 def test_utc_timestamp_follows_the_real_clock() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 TYPE_CHECKING = False  # no ``typing`` import at run time: it costs the worker ~5 ms to start
@@ -50,7 +51,6 @@ ENV_RUN_ID: Final = "SNAKEPIT_RUN_ID"
 ENV_SESSION_TTL: Final = "SNAKEPIT_SESSION_TTL"
 ENV_WORKER_ID: Final = "SNAKEPIT_WORKER_ID"
 
-_time = time.time
 _last_second = -1
 _last_prefix = ""
 _last_stamp = ""
@@ -67,7 +67,7 @@ def utc_timestamp() -> str:
     Cheap on the hot path: within a millisecond the same string is returned after two float
     comparisons, and the date and seconds are formatted once per second.
     """
-    now = _time()
+    now = time.time()  # looked up per call, so patching time.time (mock, monkeypatch) still works
     if _valid_from <= now < _valid_until:
         return _last_stamp
     return _new_timestamp(now)
@@ -80,7 +80,13 @@ def _new_timestamp(now: float) -> str:
     if second != _last_second:
         _last_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         _last_second = second
+    stamp = "%s.%03dZ" % (_last_prefix, fraction)  # noqa: UP031 - faster than f-string here
+    until = (ms + 0.999) / 1000
+    if int(math.nextafter(until, -math.inf) * 1000) != ms:
+        # Past ~2514 a float second is too coarse for the 1 us margin: no reuse window.
+        until = now
+    # Stamp first, then the window: another thread never pairs this window with an older stamp.
+    _last_stamp = stamp
+    _valid_until = until
     _valid_from = now
-    _valid_until = (ms + 0.999) / 1000
-    _last_stamp = "%s.%03dZ" % (_last_prefix, fraction)  # noqa: UP031 - faster than f-string here
-    return _last_stamp
+    return stamp
