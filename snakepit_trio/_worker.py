@@ -562,23 +562,11 @@ class Worker:
             if events:
                 share = self._unattributed / len(events)
                 self._unattributed = 0
-                calls = self._calls
-                release = self.pool._release
+                route = self._route
                 for event in events:
-                    if type(event) is Response:  # _route, inlined for the common case
-                        call = calls.pop(event.id)  # type: ignore[arg-type]
-                        self.load -= 1
-                        if not call.probe:
-                            self.requests += 1
-                            self.total_requests += 1
-                        if call.abandoned:
-                            self._abandoned -= 1
-                        call.finish(event, None)
-                        release(self)
-                        continue
                     if type(event) is StreamChunk:
                         self._count_chunk(event.id, share)
-                    self._route(event)
+                    route(event)
         except WireProtocolError as exc:
             for answered in exc.events:  # completed before the violation: deliver them
                 self._route(cast("Response | StreamChunk | Heartbeat", answered))

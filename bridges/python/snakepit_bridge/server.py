@@ -379,38 +379,8 @@ class ProtocolHandler:
             stream = message.get("stream") is True
             if self._outbox and (stream or self._durations.get(command, 1.0) >= _QUICK):
                 self._flush()  # do not hold finished responses back behind a slow request
-            if stream:
-                credits = message.get("credits") if _is_int(message.get("credits")) else None
-                self._send(self._execute(request_id, command, args, function, True, credits))
-            else:
-                self._send(self._execute_call(request_id, command, args, function))
-
-    def _execute_call(
-        self,
-        request_id: int,
-        command: str,
-        args: dict[str, Any],
-        function: Callable[[dict[str, Any]], Any],
-    ) -> dict[str, Any]:
-        """``_execute`` for a request without a stream: the common case, kept short."""
-        ctx = RequestContext(request_id, command, args, poll=self._poll_running)
-        job = self._job = _Job(ctx, None)
-        token = bind_context(ctx)
-        started = time.monotonic()
-        self.command_handler.request_count += 1
-        try:
-            result = function(args)
-            if type(result) not in _PLAIN_RESULTS:
-                result = self._complete(job, result)
-        except Cancelled:
-            return _cancelled(request_id)
-        except Exception as exc:
-            return _error(request_id, exc)
-        finally:
-            unbind_context(token)
-            self._job = None
-            self._durations[command] = time.monotonic() - started
-        return {"id": request_id, "success": True, "result": result, "timestamp": utc_timestamp()}
+            credits = message.get("credits") if stream and _is_int(message.get("credits")) else None
+            self._send(self._execute(request_id, command, args, function, stream, credits))
 
     def _execute(
         self,
@@ -428,7 +398,9 @@ class ProtocolHandler:
         started = time.monotonic()
         self.command_handler.request_count += 1
         try:
-            result = self._call(job, function, args)
+            result = function(args)
+            if stream or type(result) not in _PLAIN_RESULTS:  # else the common case: as it is
+                result = self._complete(job, result)
         except Cancelled:
             return _cancelled(request_id)
         except Exception as exc:
@@ -438,14 +410,6 @@ class ProtocolHandler:
             self._job = None
             self._durations[command] = time.monotonic() - started
         return {"id": request_id, "success": True, "result": result, "timestamp": utc_timestamp()}
-
-    def _call(
-        self, job: _Job, function: Callable[[dict[str, Any]], Any], args: dict[str, Any]
-    ) -> Any:
-        value = function(args)
-        if type(value) in _PLAIN_RESULTS and not job.ctx.stream:
-            return value  # the common case, without the ABC checks below
-        return self._complete(job, value)
 
     def _complete(self, job: _Job, value: Any) -> Any:
         """What a handler returned, turned into the result: generators drained (or streamed),

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import struct
 
+TYPE_CHECKING = False  # no ``typing`` import at run time (worker start-up)
+if TYPE_CHECKING:
+    from typing import NoReturn
+
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "HEADER_SIZE",
@@ -110,13 +114,7 @@ class FrameDecoder:
                         break
                     (need,) = _unpack_header(buffer, pos)
                     if need > self._max_frame_size:
-                        self._error = ProtocolError(
-                            f"frame header announces {need} bytes, over the limit of "
-                            f"{self._max_frame_size} bytes"
-                        )
-                        completed = ProtocolError(*self._error.args)
-                        completed.events = tuple(frames)
-                        raise completed
+                        self._oversize(need, frames)
                     pos += HEADER_SIZE
                 if end - pos < need:
                     break
@@ -132,6 +130,15 @@ class FrameDecoder:
         self._need = need
         return frames
 
+    def _oversize(self, need: int, frames: list[bytes]) -> NoReturn:
+        """Break the decoder on a header over the limit; the frames before it go with the error."""
+        self._error = ProtocolError(
+            f"frame header announces {need} bytes, over the limit of {self._max_frame_size} bytes"
+        )
+        completed = ProtocolError(*self._error.args)
+        completed.events = tuple(frames)
+        raise completed
+
     def _feed_bytes(self, data: bytes) -> list[bytes]:
         """``feed`` when nothing is buffered (the common case: a read that starts on a frame
         boundary): slice the payloads straight out of ``data``, buffer only its tail."""
@@ -146,13 +153,7 @@ class FrameDecoder:
                     break
                 (need,) = _unpack_header(data, pos)
                 if need > max_frame_size:
-                    self._error = ProtocolError(
-                        f"frame header announces {need} bytes, over the limit of "
-                        f"{max_frame_size} bytes"
-                    )
-                    completed = ProtocolError(*self._error.args)
-                    completed.events = tuple(frames)
-                    raise completed
+                    self._oversize(need, frames)
                 pos += HEADER_SIZE
             if end - pos < need:
                 break
