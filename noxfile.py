@@ -17,9 +17,9 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    session.install("ruff>=0.6")
+    session.install("-e", ".[dev]")  # the pinned ruff
     session.run("ruff", "check", ".")
-    session.run("ruff", "format", "--check", "--diff", "snakepit_trio", success_codes=[0, 1])
+    session.run("ruff", "format", "--check", ".")
 
 
 @nox.session(python="3.11")

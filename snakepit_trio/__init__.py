@@ -1,7 +1,7 @@
 """snakepit-trio: a pool of long-lived external worker processes for trio and anyio.
 
-    async with snakepit_trio.open_pool(snakepit_trio.PythonAdapter()) as pool:
-        result = await pool.execute("compute", {"operation": "add", "a": 1, "b": 2})
+async with snakepit_trio.open_pool(snakepit_trio.PythonAdapter()) as pool:
+    result = await pool.execute("compute", {"operation": "add", "a": 1, "b": 2})
 """
 
 from ._adapters import Adapter, NodeAdapter, PythonAdapter, node_bridge_path

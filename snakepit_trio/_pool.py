@@ -261,7 +261,9 @@ class Pool:
         worker, call, frame, session = await self._dispatch(
             command, args, session_id, deadline, stream=True
         )
-        credits = self.config.stream_credits if constants.FEATURE_CREDIT in worker.features else None
+        credits = (
+            self.config.stream_credits if constants.FEATURE_CREDIT in worker.features else None
+        )
         chunks = ChunkStream(call, worker, credits, self.config.stream_window)
         outcome: tm.Outcome = "error"
         try:
@@ -271,7 +273,14 @@ class Pool:
             if scope.cancelled_caught:
                 outcome = "timeout"
                 raise WorkerTimeout(f"stream {command!r} ran past its timeout of {timeout} s")
-            outcome = "ok" if call.done and call.error is None and call.response is not None and call.response.success else "cancelled"
+            outcome = (
+                "ok"
+                if call.done
+                and call.error is None
+                and call.response is not None
+                and call.response.success
+                else "cancelled"
+            )
         except BaseException:
             if not call.done and outcome != "timeout":
                 outcome = "cancelled"
@@ -399,9 +408,16 @@ class Pool:
                 prefer = self._workers[session.last_worker_id]
         request_id = next(self._ids)
         codec = self._codec  # _worker_ready may replace self._codec while the call is queued
-        return request_id, self._encode_request(codec, request_id, command, call_args, stream), prefer, codec
+        return (
+            request_id,
+            self._encode_request(codec, request_id, command, call_args, stream),
+            prefer,
+            codec,
+        )
 
-    async def _wait_for_worker(self, prefer: Worker | None, command: str, deadline: float) -> Worker:
+    async def _wait_for_worker(
+        self, prefer: Worker | None, command: str, deadline: float
+    ) -> Worker:
         """Queue the caller (FIFO) until a worker is handed to it, or it times out."""
         waiter = self._enqueue(prefer, command, deadline)
         while True:
@@ -547,7 +563,9 @@ class Pool:
             with anyio.move_on_at(self._deadline_target):
                 await wakeup.wait()
 
-    def _record(self, call: _Call, worker: Worker, outcome: tm.Outcome, session: str | None) -> None:
+    def _record(
+        self, call: _Call, worker: Worker, outcome: tm.Outcome, session: str | None
+    ) -> None:
         s = self._stats
         if outcome == "cancelled":
             s.cancelled += 1
@@ -645,7 +663,11 @@ class Pool:
                 f"all {self.size} workers are busy and {self._queued} requests are queued "
                 f"(max_queue={config.max_queue})"
             )
-        strict = prefer if (config.affinity == "strict" and prefer is not None and prefer.alive) else None
+        strict = (
+            prefer
+            if (config.affinity == "strict" and prefer is not None and prefer.alive)
+            else None
+        )
         if queued_since is None:
             waiter = _Waiter(strict, self._new_event(), self._now())
             self._waiters.append(waiter)
@@ -770,7 +792,12 @@ class Pool:
             await anyio.sleep(interval)
             now = time.monotonic()
             for worker in self._workers:
-                if not worker.alive or worker.draining or worker.load or worker.free < worker.capacity:
+                if (
+                    not worker.alive
+                    or worker.draining
+                    or worker.load
+                    or worker.free < worker.capacity
+                ):
                     continue  # busy workers are not pinged: a long command is not a dead worker
                 reason = worker.needs_recycling(now)
                 if reason is not None:
@@ -819,7 +846,10 @@ class Pool:
         if not any(w.alive for w in self._workers):
             raise startup_failure(self._workers)
         logger.info(
-            "pool %s ready: %d of %d workers", self.run_id, sum(w.alive for w in self._workers), self.size
+            "pool %s ready: %d of %d workers",
+            self.run_id,
+            sum(w.alive for w in self._workers),
+            self.size,
         )
 
     async def _shutdown(self) -> None:

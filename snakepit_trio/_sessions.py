@@ -173,7 +173,9 @@ class SessionStore:
             return None
         return session.programs.get(program_id)
 
-    def store_global_program(self, program_id: str, program: Any, *, ttl: float | None = None) -> None:
+    def store_global_program(
+        self, program_id: str, program: Any, *, ttl: float | None = None
+    ) -> None:
         """Store a program visible to every session; ``ttl`` None keeps it until deleted."""
         expires = None if ttl is None else self._clock() + ttl
         self._global_programs[program_id] = _Program(program, expires)

@@ -654,9 +654,16 @@ class Worker:
                     lines = (pending + data).split(b"\n")
                     pending = lines.pop()[-limit:]
                     for line in lines:
-                        logger.info("worker %d (pid %d): %s", self.id, proc.pid, line.decode("utf-8", "replace"))
+                        logger.info(
+                            "worker %d (pid %d): %s",
+                            self.id,
+                            proc.pid,
+                            line.decode("utf-8", "replace"),
+                        )
             if pending and logger.isEnabledFor(logging.INFO):
-                logger.info("worker %d (pid %d): %s", self.id, proc.pid, pending.decode("utf-8", "replace"))
+                logger.info(
+                    "worker %d (pid %d): %s", self.id, proc.pid, pending.decode("utf-8", "replace")
+                )
         finally:
             done.set()
 
@@ -891,7 +898,11 @@ class Worker:
                         self.state = "idle"
                         init_time = time.monotonic() - started
                         logger.debug(
-                            "worker %d ready: pid %d, %s, %.3f s", self.id, proc.pid, protocol, init_time
+                            "worker %d ready: pid %d, %s, %.3f s",
+                            self.id,
+                            proc.pid,
+                            protocol,
+                            init_time,
                         )
                         if self.pool.telemetry.active:
                             self.pool.telemetry.emit(
@@ -994,7 +1005,9 @@ class Worker:
         self.load = 0
         self._abandoned = 0
         if crashed:
-            self.last_error = f"{self._stop_reason} (exit code {proc.exit_code}, signal {proc.exit_signal})"
+            self.last_error = (
+                f"{self._stop_reason} (exit code {proc.exit_code}, signal {proc.exit_signal})"
+            )
         logger.log(
             logging.WARNING if crashed else logging.DEBUG,
             "worker %d (pid %d) exited (%s, rc=%s, via %s)",
@@ -1074,4 +1087,3 @@ def startup_failure(workers: list[Worker]) -> StartupError:
         f"no worker could be started ({len(workers)} tried)",
         stderr_tail="\n".join(tails),
     )
-

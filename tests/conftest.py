@@ -16,7 +16,6 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-
 # Older tests import these from conftest; new ones import proc_support (unambiguous when
 # several conftest modules exist).
 from proc_support import kill_quietly, pid_alive  # noqa: E402, F401

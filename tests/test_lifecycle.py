@@ -135,6 +135,7 @@ def test_ladder_waits_its_graces_on_a_mock_clock() -> None:
 
 # ---------------------------------------------------------------- the pool's shutdown
 
+
 @pytest.mark.anyio
 async def test_worker_ignoring_sigterm_is_killed_within_the_bound() -> None:
     config = sp.PoolConfig(shutdown_grace=0.3, kill_grace=0.3, drain_timeout=0.1)
@@ -245,7 +246,10 @@ REAL_CTRL_C = textwrap.dedent(
 
 def test_real_ctrl_c_leaves_no_process() -> None:
     parent = subprocess.Popen(
-        [sys.executable, "-c", REAL_CTRL_C], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", REAL_CTRL_C],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     pids: list[int] = []
     try:

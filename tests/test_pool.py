@@ -47,8 +47,16 @@ async def test_concurrent_start_and_basic_commands() -> None:
         assert "ping" in str(info)
 
         stats = pool.stats()
-        for key in ("workers", "available", "busy", "requests", "queued", "errors",
-                    "queue_timeouts", "pool_saturated"):
+        for key in (
+            "workers",
+            "available",
+            "busy",
+            "requests",
+            "queued",
+            "errors",
+            "queue_timeouts",
+            "pool_saturated",
+        ):
             assert key in stats
         assert stats["workers"] == 4
         assert stats["requests"] == 4

@@ -135,7 +135,10 @@ async def test_chaos_soak(in_flight: int) -> None:
     assert kills > 0
     assert stats["requests"] == stats["successes"] + stats["errors"]
     assert stats["successes"] == outcomes["ok"]
-    assert stats["errors"] == outcomes["WorkerCrashed"] + outcomes["ProtocolError"] + outcomes["WorkerTimeout"]
+    assert (
+        stats["errors"]
+        == outcomes["WorkerCrashed"] + outcomes["ProtocolError"] + outcomes["WorkerTimeout"]
+    )
     assert stats["queue_timeouts"] == outcomes["QueueTimeout"]
     assert stats["cancelled"] <= outcomes["cancelled"]  # some were cancelled before being sent
 

@@ -53,7 +53,9 @@ async def test_break_closes_the_generator_and_the_worker_serves_again(tmp_path: 
     async with sp.open_pool(make_testing(), size=1, config=CONFIG) as pool:
         pid = pool.workers()[0].pid
         seen = []
-        async with pool.stream("count_stream", {"count": 10_000, "record_path": str(record)}) as chunks:
+        async with pool.stream(
+            "count_stream", {"count": 10_000, "record_path": str(record)}
+        ) as chunks:
             async for chunk in chunks:
                 seen.append(chunk["i"])
                 if len(seen) == 3:
@@ -71,7 +73,9 @@ async def test_a_slow_consumer_pauses_the_producer(tmp_path: Path) -> None:
     credits = 8
     config = sp.PoolConfig(stream_credits=credits, cancel_grace=2.0)
     async with sp.open_pool(make_testing(), size=1, config=config) as pool:
-        async with pool.stream("count_stream", {"count": 100_000, "record_path": str(record)}) as chunks:
+        async with pool.stream(
+            "count_stream", {"count": 100_000, "record_path": str(record)}
+        ) as chunks:
             async for _ in chunks:
                 await anyio.sleep(0.5)  # the consumer stalls
                 produced = read_record(record)["produced"]
@@ -123,7 +127,9 @@ async def test_stream_timeout_bounds_the_block() -> None:
     async with sp.open_pool(streams(), size=1, config=CONFIG) as pool:
         pid = pool.workers()[0].pid
         with pytest.raises(sp.WorkerTimeout):
-            async with pool.stream("timed_stream", {"count": 100, "interval": 0.05}, timeout=0.3) as chunks:
+            async with pool.stream(
+                "timed_stream", {"count": 100, "interval": 0.05}, timeout=0.3
+            ) as chunks:
                 async for _ in chunks:
                     pass
         with anyio.fail_after(5):
@@ -131,7 +137,9 @@ async def test_stream_timeout_bounds_the_block() -> None:
         assert pool.workers()[0].pid == pid
 
 
-async def seconds_to_return_after_cancel(pool: sp.Pool, command: str, args: dict[str, Any]) -> float:
+async def seconds_to_return_after_cancel(
+    pool: sp.Pool, command: str, args: dict[str, Any]
+) -> float:
     """Start ``command``, cancel its caller 0.2 s in; how long the caller took to return."""
     returned: list[float] = []
     async with anyio.create_task_group() as tg:

@@ -158,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"snakepit nanny: unknown option {flag!r}", file=sys.stderr)
             return 2
     if not args or len(args) < 2:
-        print("usage: python -m snakepit_bridge.nanny [--grace S] [--kill-grace S] -- argv...", file=sys.stderr)
+        print(
+            "usage: python -m snakepit_bridge.nanny [--grace S] [--kill-grace S] -- argv...",
+            file=sys.stderr,
+        )
         return 2
     command = args[1:]
     parent = os.getppid()

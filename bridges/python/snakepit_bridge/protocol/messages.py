@@ -245,7 +245,9 @@ def parse_pool_message(msg: Any) -> PoolMessage:
     if kind == CANCEL:
         return Cancel(id=_request_id(msg, "cancel"))
     if kind == CREDIT:
-        return Credit(id=_request_id(msg, "credit"), credits=_require(msg, "credits", int, "credit"))
+        return Credit(
+            id=_request_id(msg, "credit"), credits=_require(msg, "credits", int, "credit")
+        )
     if kind == SHUTDOWN:
         return Shutdown()
     if kind == PROTOCOL_NEGOTIATION:
@@ -345,7 +347,9 @@ def parse_bridge_message(msg: Any) -> BridgeEvent:
         if raw_id is not None and (not isinstance(raw_id, int) or isinstance(raw_id, bool)):
             raise ProtocolError(f"response frame has an 'id' of type {type(raw_id).__name__}")
         if success:
-            return Response(raw_id, True, msg.get("result"), timestamp=_optional_str(msg, "timestamp"))
+            return Response(
+                raw_id, True, msg.get("result"), timestamp=_optional_str(msg, "timestamp")
+            )
         error = msg.get("error")
         return Response(
             raw_id,
