@@ -434,6 +434,8 @@ class Pool:
             # already failed its queue (_fail_waiters), does not take it back.
             if self._closing:
                 raise PoolClosed("the pool closed before this request could run")
+            if self.config.affinity == "fail" and prefer is not None and prefer.free <= 0:
+                prefer = None  # it was queued, not rejected: its busy worker does not reject it now
             retry = self._take_now(prefer, command)
             if retry is not None:
                 return retry

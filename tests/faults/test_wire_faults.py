@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import anyio
+import attrs
 import psutil
 import pytest
 from faultkit import (
@@ -161,6 +163,54 @@ async def test_a_caller_queued_behind_a_protocol_violation_is_served_by_the_repl
     queued = outcomes["queued"]
     assert isinstance(queued, dict), f"the queued caller got {queued!r}"
     assert queued["pid"] != hostile_pid
+
+
+async def test_a_fail_fast_session_requeued_after_a_violation_is_not_rejected(
+    kit: FaultKit, tmp_path: Path
+) -> None:
+    """affinity="fail": a session caller queued while its worker was down is handed the other
+    worker, which breaks before the caller wakes. By then the session's worker is back and
+    busy; the caller was queued, not rejected, so it must wait again, not get PoolSaturated."""
+    hold, gate = tmp_path / "hold", tmp_path / "gate"
+    config = attrs.evolve(FAULT_CONFIG, affinity="fail")
+    adapter = kit.adapter("answer_twice", env={"STANDIN_HOLD": str(hold)})
+    outcomes: dict[str, object] = {}
+
+    async def call(name: str, command: str, args: dict[str, object], session: str | None) -> None:
+        try:
+            if session is None:
+                outcomes[name] = await pool.execute(command, args)
+            else:
+                outcomes[name] = await pool.execute_in_session(session, command, args)
+        except Exception as exc:  # recorded: the assertion below names it
+            outcomes[name] = exc
+
+    with anyio.fail_after(BOUND):
+        async with sp.open_pool(adapter, size=2, config=config) as pool:
+            await pool.execute_in_session("s", "whoami", {})
+            session = pool.sessions.get_session("s")
+            assert session is not None and session.last_worker_id is not None
+            home = session.last_worker_id
+            home_pid = pool.workers()[home].pid
+            assert home_pid is not None
+            hold.touch()  # the session's worker will not come back until released
+            gate.touch()  # the hostile answer waits for this file to go
+            os.kill(home_pid, signal.SIGKILL)
+            await wait_until(lambda: pool.workers()[home].state == "starting", "the restart")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, "hostile", "hostile", {"gate": str(gate)}, None)
+                await wait_until(lambda: pool.stats()["busy"] == 1, "the hostile call to start")
+                tg.start_soon(call, "filler", "sleep", {"seconds": 2.0}, None)
+                await wait_until(lambda: pool.stats()["queued"] == 1, "the filler to queue")
+                tg.start_soon(call, "session", "whoami", {}, "s")
+                await wait_until(lambda: pool.stats()["queued"] == 2, "the session to queue")
+                hold.unlink()  # the session's worker comes back and takes the filler
+                await wait_until(lambda: pool.workers()[home].in_flight == 1, "the filler")
+                gate.unlink()  # the other worker answers twice: handed over, then broken
+    assert outcomes["hostile"] == "first"
+    assert outcomes["filler"] == "slept"
+    served = outcomes["session"]
+    assert isinstance(served, dict), f"the session caller got {served!r}"
 
 
 async def test_lying_bridge_that_announces_cancel_but_ignores_it_is_replaced(

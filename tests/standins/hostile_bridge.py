@@ -44,7 +44,9 @@ FAULTS = (
     "huge_header",  # a header announcing 0xFFFFFFFF bytes, then a little of the body
     "half_frame_exit",  # half a frame, then exit 0
     "unknown_id",  # answer with an id that was never sent
-    "answer_twice",  # answer the request twice, both frames in one write (after args["delay"])
+    # answer the request twice, both frames in one write (after args["delay"], and once the
+    # file args["gate"] is gone)
+    "answer_twice",
     "answer_twice_apart",  # answer the request twice, 50 ms apart
     "slow",  # answer after args["seconds"] (default 5 s)
     "close_stdout",  # close stdout, ignore SIGTERM and stdin EOF, keep running
@@ -116,6 +118,7 @@ class Bridge:
             self.respond(987654321, "for nobody")
         elif fault == "answer_twice":
             time.sleep(float(args.get("delay", 0.0)))
+            wait_while_exists(args.get("gate"))
             frames = [
                 self.encode({"id": request_id, "success": True, "result": r})
                 for r in ("first", "second")
@@ -185,6 +188,7 @@ class Bridge:
         if self.marker is not None and self.marker.exists():
             log("hostile bridge: poisoned, exiting at start")
             os._exit(3)
+        wait_while_exists(os.environ.get("STANDIN_HOLD"))  # a test holding this start back
         if self.hostile and self.at == "start":
             self.misbehave(None, {})
         if self.protocol == "auto":
@@ -216,6 +220,11 @@ class Bridge:
                 self.respond(request_id, whoami())
             else:
                 self.respond(request_id, {"status": "ok", "command": command, "args": args})
+
+
+def wait_while_exists(path: str | None) -> None:
+    while path and os.path.exists(path):
+        time.sleep(0.005)
 
 
 def whoami() -> dict[str, Any]:
