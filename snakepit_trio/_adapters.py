@@ -7,13 +7,18 @@ queued. ``PythonAdapter`` and ``NodeAdapter`` start the bridges shipped with thi
 
 from __future__ import annotations
 
+import functools
+import importlib.machinery
 import os
+import shutil
+import site
 import sys
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import snakepit_bridge
+from snakepit_bridge import BaseCommandHandler
 
 from ._errors import UnsupportedCommand
 
@@ -52,14 +57,18 @@ class Adapter:
         inherit_env: bool = True,
         name: str | None = None,
     ) -> None:
-        if wire not in _WIRES:
+        if not isinstance(wire, str) or wire not in _WIRES:
             raise ValueError(f"wire must be one of {_WIRES}, not {wire!r}")
-        self.executable = os.fspath(executable)
-        self.script = None if script is None else os.fspath(script)
-        self.script_args = tuple(str(a) for a in script_args)
+        if not isinstance(inherit_env, bool):
+            raise TypeError(f"inherit_env must be True or False, not {inherit_env!r}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, not {name!r}")
+        self.executable = _path_argument("executable", executable)
+        self.script = None if script is None else _path_argument("script", script)
+        self.script_args = _arguments(script_args)
         self.wire: Wire = wire
-        self.env = dict(env or {})
-        self.cwd = None if cwd is None else os.fspath(cwd)
+        self.env = _environment_argument(env)
+        self.cwd = None if cwd is None else _path_argument("cwd", cwd)
         self.inherit_env = inherit_env
         self.name = name or Path(self.script or self.executable).name
 
@@ -119,25 +128,242 @@ class Adapter:
 
 
 _BRIDGE_MAIN = "from snakepit_bridge.__main__ import main; main()"
+# The same, for a bridge that sits among other packages (a wheel in site-packages) and a worker
+# that does not share them: a finder that imports only snakepit_bridge from that directory, so
+# none of its neighbours reach the worker's import path.
+_BRIDGE_BY_PATH = (
+    "import sys\n"
+    "from importlib.machinery import PathFinder\n"
+    "class BridgeFinder:\n"
+    "    @staticmethod\n"
+    "    def find_spec(name, path=None, target=None):\n"
+    "        if name == 'snakepit_bridge':\n"
+    "            return PathFinder.find_spec(name, [{root!r}])\n"
+    "sys.meta_path.insert(0, BridgeFinder)\n" + _BRIDGE_MAIN
+)
 _MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=33554432"
 
 
-def _bridge_pythonpath(env: dict[str, str]) -> dict[str, str]:
-    """Make the worker import the same ``snakepit_bridge`` as this process."""
-    bridge_root = str(Path(snakepit_bridge.__file__).resolve().parent.parent)
-    current = env.get("PYTHONPATH", "")
-    parts = [p for p in current.split(os.pathsep) if p]
-    if bridge_root not in parts:
-        env["PYTHONPATH"] = os.pathsep.join([bridge_root, *parts])
+def _path_argument(what: str, value: object) -> str:
+    """``value`` as a str path (no empty path, no NUL: the spawn would fail obscurely)."""
+    if isinstance(value, bytes) or not isinstance(value, str | os.PathLike):
+        raise TypeError(f"{what} must be a str or os.PathLike, not {value!r}")
+    text = os.fspath(value)
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be a str path, not {value!r}")
+    if not text:
+        raise ValueError(f"{what} must not be empty")
+    if "\0" in text:
+        raise ValueError(f"{what} must not contain a NUL character: {text!r}")
+    return text
+
+
+def _arguments(values: Iterable[Any]) -> tuple[str, ...]:
+    """``script_args`` as strings: each a str, a path or an int (a port, a count)."""
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise TypeError(f"script_args must be a list of arguments, not {values!r}")
+    found = []
+    for i, value in enumerate(values):
+        if isinstance(value, int) and not isinstance(value, bool):
+            found.append(str(value))
+            continue
+        if isinstance(value, bytes) or not isinstance(value, str | os.PathLike):
+            raise TypeError(f"script_args[{i}] must be a str, a path or an int, not {value!r}")
+        text = os.fspath(value)
+        if not isinstance(text, str) or "\0" in text:
+            raise ValueError(f"script_args[{i}] must be text without a NUL character: {text!r}")
+        found.append(text)
+    return tuple(found)
+
+
+def _environment_argument(env: Mapping[str, str] | None) -> dict[str, str]:
+    """``env`` checked: str keys a process environment can hold, str values."""
+    if env is None:
+        return {}
+    if not isinstance(env, Mapping):
+        raise TypeError(f"env must be a mapping of str to str, not {env!r}")
+    checked: dict[str, str] = {}
+    for key, value in env.items():
+        if not isinstance(key, str):
+            raise TypeError(f"env key {key!r} must be a str")
+        if not key or "=" in key or "\0" in key:
+            raise ValueError(f"env key {key!r} must be non-empty, without '=' or NUL")
+        if not isinstance(value, str):
+            raise TypeError(f"env[{key!r}] must be a str, not {value!r}")
+        if "\0" in value:
+            raise ValueError(f"env[{key!r}] must not contain a NUL character")
+        checked[key] = value
+    return checked
+
+
+# ---------------------------------------------------------------------- the bridge's import path
+
+
+def _site_directories() -> set[str]:
+    """This interpreter's site-packages directories (not the per-user one: a worker may have
+    it switched off)."""
+    return {os.path.realpath(p) for p in site.getsitepackages()}
+
+
+def _is_this_interpreter(python: str) -> bool:
+    """Whether ``python`` is this interpreter, in this environment (a venv's python links to
+    its base interpreter, which does not see the venv's site-packages: compare the folder)."""
+    found = shutil.which(python) if os.sep not in python else python
+    if found is None:
+        return False
+    try:
+        return os.path.dirname(os.path.abspath(found)) == os.path.dirname(
+            os.path.abspath(sys.executable)
+        ) and os.path.samefile(found, sys.executable)
+    except OSError:
+        return False
+
+
+@functools.lru_cache(maxsize=8)
+def _holds_only_the_bridge(directory: str) -> bool:
+    """Whether ``snakepit_bridge`` is the only thing importable from ``directory`` (a checkout's
+    bridges/python, an editable install), so it can go on a worker's PYTHONPATH as it is."""
+    suffixes = tuple(importlib.machinery.all_suffixes())
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return False
+    for name in names:
+        if name in ("snakepit_bridge", "__pycache__") or name.startswith("."):
+            continue
+        path = os.path.join(directory, name)
+        if os.path.isdir(path):
+            importable = name.isidentifier()  # a package, or a namespace package
+        else:
+            importable = name.endswith(suffixes) and name.partition(".")[0].isidentifier()
+        if importable:
+            return False
+    return True
+
+
+def _bridge_launch(python: str) -> tuple[str, str | None]:
+    """How a worker on ``python`` imports this process's ``snakepit_bridge``: the ``-c``
+    program, and the directory to put on its PYTHONPATH (None: nothing).
+
+    Never a directory with other packages: a worker on another interpreter would import the
+    pool's compiled packages, ahead of its own (issue 14).
+    """
+    root = str(Path(snakepit_bridge.__file__).resolve().parent.parent)
+    if _is_this_interpreter(python) and os.path.realpath(root) in _site_directories():
+        return _BRIDGE_MAIN, None  # installed here: the worker finds it where we did
+    if _holds_only_the_bridge(root):
+        return _BRIDGE_MAIN, root
+    return _BRIDGE_BY_PATH.format(root=root), None
+
+
+def _with_pythonpath(env: dict[str, str], first: Iterable[str]) -> dict[str, str]:
+    """``env`` with ``first`` ahead of its own PYTHONPATH entries (no duplicates)."""
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    ahead = [p for p in dict.fromkeys(first) if p not in parts]
+    if ahead:
+        env["PYTHONPATH"] = os.pathsep.join([*ahead, *parts])
     return env
+
+
+# ---------------------------------------------------------------------- handlers
+
+_HANDLER_FORMS = "'module:Class' or 'path/to/file.py:Class' (or the class itself)"
+
+
+def _is_dotted_name(text: str) -> bool:
+    return bool(text) and all(part.isidentifier() for part in text.split("."))
+
+
+def _module_root(module_name: str) -> str | None:
+    """The sys.path entry that module ``module_name`` of this process was imported from."""
+    module = sys.modules.get(module_name)
+    file = getattr(module, "__file__", None)
+    if not isinstance(file, str):
+        return None
+    path = Path(os.path.abspath(file))  # as imported: a symlinked file keeps its place
+    depth = module_name.count(".") + (2 if path.stem == "__init__" else 1)
+    return str(path.parents[depth - 1])
+
+
+def _handler_from_class(cls: type) -> tuple[str, str | None]:
+    """``module:qualname`` of a handler class, and the folder a worker imports it from."""
+    if not issubclass(cls, BaseCommandHandler):
+        raise TypeError(f"{cls!r} is not a subclass of snakepit_bridge.BaseCommandHandler")
+    module, qualname = cls.__module__, cls.__qualname__
+    spec = f"{module}:{qualname}"
+    if "<locals>" in qualname:
+        raise ValueError(
+            f"handler {spec} is defined inside a function, so a worker cannot import it by "
+            "name: define it at the top level of a module"
+        )
+    if module == "__main__":
+        raise ValueError(
+            f"handler {qualname} is defined in __main__ (the script being run), which a worker "
+            "cannot import by name without running the script again: move it into a module "
+            "and import it from there"
+        )
+    target: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    if target is not cls:
+        raise ValueError(
+            f"handler {spec} cannot be imported by name (no such attribute in module "
+            f"{module!r}): define it at the top level of a module, under its own name"
+        )
+    root = _module_root(module)
+    if root is not None and os.path.realpath(root) in _site_directories():
+        root = None  # installed: a worker finds it in its own site-packages, or nowhere
+    return spec, root
+
+
+def _handler_from_file(spec: str, path_text: str, cls: str) -> tuple[str, str]:
+    """``module:Class`` for ``path/to/file.py:Class``, and the file's folder."""
+    path = Path(path_text).expanduser().resolve()
+    if not path.is_file():
+        raise ValueError(f"handler {spec!r}: no such file {path_text!r}")
+    module = path.stem
+    if path.suffix != ".py" or not module.isidentifier():
+        raise ValueError(
+            f"handler {spec!r}: {path.name!r} is not a valid module name (a worker imports "
+            "the file by its name: use letters, digits and underscores, and .py)"
+        )
+    if module in sys.stdlib_module_names:
+        raise ValueError(
+            f"handler {spec!r}: {path.name!r} has the name of a standard library module, "
+            "which it would hide in the worker: rename the file"
+        )
+    return f"{module}:{cls}", str(path.parent)
+
+
+def _handler_spec(handler: object) -> tuple[str, str | None]:
+    """The ``--handler`` argument for ``handler``, and a folder the worker must import from."""
+    if isinstance(handler, type):
+        return _handler_from_class(handler)
+    if not isinstance(handler, str):
+        raise TypeError(f"handler must be {_HANDLER_FORMS}, not {handler!r}")
+    target, sep, cls = handler.rpartition(":")
+    if not sep or not _is_dotted_name(cls):
+        raise ValueError(f"handler must look like {_HANDLER_FORMS}, not {handler!r}")
+    if target.endswith(".py") or os.sep in target:
+        return _handler_from_file(handler, target, cls)
+    if not _is_dotted_name(target):
+        raise ValueError(f"handler must look like {_HANDLER_FORMS}, not {handler!r}")
+    return handler, None
 
 
 class PythonAdapter(Adapter):
     """Our Python bridge (what ``python -m snakepit_bridge`` runs).
 
-    ``handler`` is ``"package.module:HandlerClass"`` (a ``BaseCommandHandler`` subclass); None
-    runs the built-in generic commands. ``wire`` forces a codec but keeps negotiation, so the
-    bridge's features (streaming, cancellation, multiplexing) stay on.
+    ``handler`` is a ``BaseCommandHandler`` subclass, named ``"package.module:HandlerClass"``
+    or ``"path/to/file.py:HandlerClass"`` (its folder goes on the worker's PYTHONPATH), or
+    given as the class itself (it must be importable by name: not defined in ``__main__`` or
+    inside a function). None runs the built-in generic commands. ``wire`` forces a codec but
+    keeps negotiation, so the bridge's features (streaming, cancellation, multiplexing) stay
+    on.
+
+    ``python`` may be another interpreter (3.11+): the worker imports this package's bridge
+    and nothing else of this environment; its own packages (msgpack: without it the wire is
+    JSON) are whatever that interpreter has.
 
     ``enhanced=True`` runs ``snakepit_bridge.enhanced:EnhancedCommandHandler`` instead: its
     ``call`` and ``pipeline`` commands import and call any Python code the caller names, so
@@ -152,7 +378,7 @@ class PythonAdapter(Adapter):
 
     def __init__(
         self,
-        handler: str | None = None,
+        handler: str | type[BaseCommandHandler] | None = None,
         *,
         python: str | os.PathLike[str] = sys.executable,
         wire: Wire = "auto",
@@ -162,7 +388,19 @@ class PythonAdapter(Adapter):
         max_concurrency: int | None = None,
         enhanced: bool = False,
     ) -> None:
-        label = handler or "generic"
+        if not isinstance(enhanced, bool):
+            raise TypeError(f"enhanced must be True or False, not {enhanced!r}")
+        if max_concurrency is not None and (
+            isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
+        ):
+            raise TypeError(f"max_concurrency must be an int >= 1 or None, not {max_concurrency!r}")
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError(
+                f"max_concurrency must be an int >= 1 or None, not {max_concurrency!r}"
+            )
+        python = _path_argument("python", python)
+        spec: str | None = None
+        handler_dir: str | None = None
         if enhanced:
             if handler is not None:
                 raise ValueError(
@@ -170,13 +408,15 @@ class PythonAdapter(Adapter):
                     "handler, subclass snakepit_bridge.enhanced.EnhancedCommandHandler and "
                     "pass it as handler='package.module:YourHandler'"
                 )
-            handler, label = self.ENHANCED_HANDLER, "enhanced"
+            spec = self.ENHANCED_HANDLER
+        elif handler is not None:
+            spec, handler_dir = _handler_spec(handler)
+        label = "enhanced" if enhanced else spec or "generic"
+        program, bridge_dir = _bridge_launch(python)
         # Not ``-m snakepit_bridge``: runpy and what it imports cost ~3 ms per worker start.
-        args = ["-c", _BRIDGE_MAIN, "--mode", "pool-worker", "--protocol", "auto"]
-        if handler is not None:
-            if ":" not in handler:
-                raise ValueError(f"handler must look like 'package.module:Class', not {handler!r}")
-            args += ["--handler", handler]
+        args = ["-c", program, "--mode", "pool-worker", "--protocol", "auto"]
+        if spec is not None:
+            args += ["--handler", spec]
         if max_concurrency is not None:
             args += ["--max-concurrency", str(max_concurrency)]
         super().__init__(
@@ -189,11 +429,14 @@ class PythonAdapter(Adapter):
             inherit_env=inherit_env,
             name=f"python bridge ({label})",
         )
-        self.handler = handler
+        #: The ``--handler`` argument (``module:Class``), or None for the generic handler.
+        self.handler = spec
         self.enhanced = enhanced
+        # Ahead of the user's PYTHONPATH: only the bridge's own folder, and the handler's.
+        self._import_dirs = [d for d in (bridge_dir, handler_dir) if d is not None]
 
     def environment(self) -> dict[str, str]:
-        env = _bridge_pythonpath(super().environment())
+        env = _with_pythonpath(super().environment(), self._import_dirs)
         # glibc hands allocations of 128 KiB and more back to the kernel when freed, so every
         # large payload costs hundreds of page faults to touch fresh memory (~1 ms per MiB
         # here). Keep up to 4 MiB blocks on the heap instead, unless the user tuned malloc.
@@ -226,15 +469,19 @@ class NodeAdapter(Adapter):
         self,
         script: str | os.PathLike[str] | None = None,
         *,
-        node: str = "node",
+        node: str | os.PathLike[str] = "node",
         wire: Wire = "auto",
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         inherit_env: bool = True,
     ) -> None:
+        node = _path_argument("node", node)
         args = ["--mode", "pool-worker"]
         if script is not None:
-            args += ["--module", str(Path(script).resolve())]
+            module = Path(_path_argument("script", script)).resolve()
+            if not module.is_file():
+                raise FileNotFoundError(f"NodeAdapter script: no such file {os.fspath(script)!r}")
+            args += ["--module", str(module)]
         super().__init__(
             node,
             str(node_bridge_path()),
