@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re as _re
 import signal as _signal
 
 from snakepit_bridge.protocol.framing import ProtocolError as _WireProtocolError
@@ -69,8 +70,32 @@ class WorkerCrashed(SnakepitError):
         return text
 
 
+# A Python traceback's frame line, and a JavaScript stack's frame line.
+_PY_FRAME = _re.compile(r'^\s*File (".*", line \d+, in .*)$')
+_JS_FRAME = _re.compile(r"^\s*at (.+)$")
+
+
+def _where(traceback: str) -> str:
+    """Where a remote error happened: the innermost frame of a Python traceback (its last
+    ``File`` line) or of a JavaScript stack (its first ``at`` line); "" if neither."""
+    lines = traceback.splitlines()
+    for line in reversed(lines):
+        match = _PY_FRAME.match(line)
+        if match:
+            return match.group(1)
+    for line in lines:
+        match = _JS_FRAME.match(line)
+        if match:
+            return match.group(1)
+    return ""
+
+
 class CommandError(SnakepitError):
-    """The command raised in the worker; ``traceback`` is the remote one, when the bridge sent it."""
+    """The command raised in the worker.
+
+    ``str()`` is the error and where it happened (the innermost remote frame), on one line;
+    ``traceback`` holds the whole remote traceback, when the bridge sent one.
+    """
 
     def __init__(
         self, message: str, error_type: str | None = None, traceback: str | None = None
@@ -82,10 +107,8 @@ class CommandError(SnakepitError):
 
     def __str__(self) -> str:
         prefix = f"{self.error_type}: " if self.error_type else ""
-        text = prefix + self.message
-        if self.traceback:
-            text += "\n--- remote traceback ---\n" + self.traceback.rstrip()
-        return text
+        where = _where(self.traceback) if self.traceback else ""
+        return f"{prefix}{self.message} (at {where})" if where else prefix + self.message
 
 
 class UnsupportedCommand(SnakepitError):
