@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import anyio
 import anyio.abc
@@ -191,6 +191,7 @@ class Pool:
         self._codec: codecs.Codec = codecs.get_codec("json")
         self._features: frozenset[str] = frozenset()
         self._tg: anyio.abc.TaskGroup | None = None
+        self._task_scopes: list[anyio.CancelScope] = []
         self._new_event: Callable[[], Waitable] = anyio.Event
         # The backend's own clock and cancellation check, bound at start (anyio looks the
         # backend up on every call).
@@ -257,6 +258,11 @@ class Pool:
             )
         if timeout is None:
             timeout = self.config.stream_timeout
+        if timeout is not None:
+            timeout = _checked_timeout(timeout, command)
+            if timeout <= 0:
+                await self._checkpoint_if_cancelled()
+                self._expired(None, command, timeout)
         deadline = anyio.current_time() + timeout if timeout is not None else float("inf")
         worker, call, frame, session = await self._dispatch(
             command, args, session_id, deadline, stream=True
@@ -479,8 +485,22 @@ class Pool:
         worker = self._take_now(prefer, command)
         if worker is None:
             worker = await self._wait_for_worker(prefer, command, deadline)
+            if self._now() >= deadline:
+                self._expired(worker, command, None)
         call, frame = self._begin(worker, request_id, command, frame, stream, session_id, codec)
         return worker, call, frame, session_id
+
+    def _expired(self, worker: Worker | None, command: str, timeout: float | None) -> NoReturn:
+        """The call's deadline passed before its request was sent: send nothing, hand the
+        worker it was given to the next caller."""
+        if worker is not None:
+            self._release(worker)
+        s = self._stats
+        s.requests += 1
+        s.errors += 1
+        s.timeouts += 1
+        after = "" if timeout is None else f" (timeout={timeout} s)"
+        raise WorkerTimeout(f"{command!r} was not sent: its deadline had passed{after}")
 
     async def _execute(
         self,
@@ -495,12 +515,19 @@ class Pool:
             timeout = adapter.command_timeout(command, args or {})
             if timeout is None:
                 timeout = self.config.command_timeout
+        if type(timeout) is not float or not timeout > 0:  # also catches NaN
+            timeout = _checked_timeout(timeout, command)
+            if timeout <= 0:
+                await self._checkpoint_if_cancelled()
+                self._expired(None, command, timeout)
         deadline = self._now() + timeout
         await self._checkpoint_if_cancelled()
         request_id, frame, prefer, codec = self._prepare(command, args, session_id, False)
         worker = self._take_now(prefer, command)
         if worker is None:
             worker = await self._wait_for_worker(prefer, command, deadline)
+            if self._now() >= deadline:
+                self._expired(worker, command, timeout)
         call, frame = self._begin(worker, request_id, command, frame, False, session_id, codec)
         self._arm_deadline(call, deadline)
         try:
@@ -837,22 +864,39 @@ class Pool:
         self._new_event = native_event_class()
         self._now, self._checkpoint_if_cancelled = _backend_primitives()
         self._deadline_wakeup = self._new_event()
-        tg.start_soon(self._deadline_loop)
+        tg.start_soon(self._shielded, self._deadline_loop)
         for worker in self._workers:
-            tg.start_soon(worker.run)
+            tg.start_soon(self._shielded, worker.run)
         tg.start_soon(self._health_loop)
         tg.start_soon(self._session_cleanup_loop)
+        workers = self._workers
         with anyio.move_on_after(self.config.startup_timeout):
-            for worker in self._workers:
+            for worker in workers:
                 await worker.wait_first_attempt()
-        if not any(w.alive for w in self._workers):
-            raise startup_failure(self._workers)
+        # None ready yet, but some still starting: startup_timeout only decides how long to
+        # wait for the others once one is up; each start is bounded by worker_init_timeout.
+        while not any(w.alive for w in workers) and not all(w.first_attempt_over for w in workers):
+            await anyio.sleep(0.02)
+        if not any(w.alive for w in workers):
+            raise startup_failure(workers)
         logger.info(
             "pool %s ready: %d of %d workers",
             self.run_id,
             sum(w.alive for w in self._workers),
             self.size,
         )
+
+    async def _shielded(self, task: Callable[[], Awaitable[None]]) -> None:
+        """Run ``task`` out of reach of the caller's cancellation: the workers and the
+        deadline watcher serve until the pool has drained, however the block was left
+        (``_stop_tasks`` ends them)."""
+        with anyio.CancelScope(shield=True) as scope:
+            self._task_scopes.append(scope)
+            await task()
+
+    def _stop_tasks(self) -> None:
+        for scope in self._task_scopes:
+            scope.cancel()
 
     async def _shutdown(self) -> None:
         """Reject queued calls, let calls in flight finish (bounded), ladder every worker."""
@@ -872,6 +916,17 @@ class Pool:
                 while worker.state != "stopped":
                     await anyio.sleep(0.005)
         self._closed.set()
+
+
+def _checked_timeout(timeout: object, command: str) -> float:
+    """``timeout`` as a float, or ValueError/TypeError at the call site (never later, in the
+    deadline watcher, where a NaN would take the whole pool down)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout of {command!r} must be a number of seconds, not {timeout!r}")
+    value = float(timeout)
+    if math.isnan(value):
+        raise ValueError(f"timeout of {command!r} must be a number of seconds, not NaN")
+    return value
 
 
 def _unwrap_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -911,17 +966,35 @@ async def open_pool(
     elif not isinstance(config, PoolConfig):
         raise TypeError(f"config must be a PoolConfig, not {type(config).__name__}")
     pool = Pool(adapter, size, config)
+    # What the block (or the start) raised is kept out of the task group and re-raised as
+    # it was, so the group's wrapping never touches a user's exception (its cause, its own
+    # exception groups). Only the pool's own tasks' errors come out of the group.
+    raised: BaseException | None = None
     try:
         async with anyio.create_task_group() as tg:
             try:
-                await pool._start(tg)
-                yield pool
+                try:
+                    await pool._start(tg)
+                except BaseException as exc:
+                    raised = exc
+                else:
+                    try:
+                        yield pool
+                    except BaseException as exc:
+                        raised = exc
             finally:
                 with anyio.CancelScope(shield=True):
                     await pool._shutdown()
+                pool._stop_tasks()
                 tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        inner = _unwrap_group(group)
-        if inner is group:
-            raise
-        raise inner from None
+        internal = group.split(anyio.get_cancelled_exc_class())[1]
+        # Only cancellations, and the block raised: that is what leaves (raised below, out
+        # of this handler, so that its __context__ is not rewritten).
+        if internal is not None or raised is None:
+            inner = _unwrap_group(group)
+            if inner is group:
+                raise
+            raise inner from None
+    if raised is not None:
+        raise raised

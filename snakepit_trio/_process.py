@@ -90,6 +90,7 @@ class WorkerProcess:
             self._pidfd = None
         self._stdin_closed = False
         self._closed = False
+        self._watcher_changed: anyio.Event | None = None  # set while a task watches the pidfd
 
     # -- state
     @property
@@ -142,22 +143,39 @@ class WorkerProcess:
             logger.warning("not allowed to signal process group %d", self.pid)
 
     async def wait(self, timeout: float | None = None) -> bool:
-        """Wait until the process has exited and is reaped; False on timeout."""
+        """Wait until the process has exited and is reaped; False on timeout.
+
+        Several tasks may wait at once (the exit watcher and the ladder): one of them
+        watches the pidfd (a descriptor takes one reader), the others wait for it to
+        finish or give up, and the next one takes over.
+        """
         if self.poll() is not None:
             return True
         with anyio.move_on_after(timeout if timeout is not None else float("inf")):
-            if self._pidfd is not None:
-                await anyio.wait_readable(self._pidfd)
-                # The pidfd is readable once the process is a zombie: reap it now.
-                while self.poll() is None:  # pragma: no cover - a tiny race
-                    await anyio.sleep(0.001)
-            else:  # pragma: no cover - kernels without pidfd_open
-                delay = 0.001
-                while self.poll() is None:
-                    await anyio.sleep(delay)
-                    delay = min(delay * 2, 0.05)
+            while self.poll() is None:
+                if self._watcher_changed is not None:
+                    await self._watcher_changed.wait()
+                    continue
+                self._watcher_changed = changed = anyio.Event()
+                try:
+                    await self._watch_exit()
+                finally:
+                    self._watcher_changed = None
+                    changed.set()
             return True
         return False
+
+    async def _watch_exit(self) -> None:
+        if self._pidfd is not None:
+            await anyio.wait_readable(self._pidfd)
+            # The pidfd is readable once the process is a zombie: reap it now.
+            while self.poll() is None:  # pragma: no cover - a tiny race
+                await anyio.sleep(0.001)
+        else:  # pragma: no cover - kernels without pidfd_open
+            delay = 0.001
+            while self.poll() is None:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.05)
 
     async def terminate_ladder(
         self,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import select
 import sys
 import time
 from collections import deque
@@ -249,7 +250,8 @@ class Worker:
         self.load = 0  # requests in flight
         self.ready = False
         self.draining = False  # recycling: take no new work, stop when idle
-        self.broken = False  # the crash breaker gave up on this slot
+        self.broken = False  # the crash breaker is open: no start until restart_window passed
+        self.breaker_reason = ""
         self.requests = 0
         self.total_requests = 0
         self.restarts = 0
@@ -270,6 +272,7 @@ class Worker:
         self._flush_pending = False
         self._flush_wakeup: Waitable | None = None  # set while a flusher task runs
         self._stderr_tail = bytearray()
+        self._phase = "start-up"
         self._first_attempt_done = anyio.Event()
         self.last_heartbeat = 0.0
 
@@ -579,6 +582,29 @@ class Worker:
             return False
         return True
 
+    async def _watch_process(self, proc: WorkerProcess) -> None:
+        """Notice the process's exit directly (its pidfd), not by EOF on stdout: a
+        descendant (a forked child) may hold stdout open long after the worker died."""
+        await proc.wait()
+        if self._stop_reason is not None:
+            return
+        conn = self.conn
+        if not self.ready:
+            if _hung_up(proc.stdout_fd):
+                return  # the start-up reads what it wrote, then the end of the stream
+        elif conn is not None:
+            # Answers it wrote before it exited may still be in the pipe: route them first.
+            while True:
+                try:
+                    data = os.read(proc.stdout_fd, _READ_SIZE)
+                except BlockingIOError:
+                    break  # still open (a descendant holds it), and empty
+                except OSError:
+                    data = b""
+                if not self._on_data(conn, data):
+                    return  # end of stream: it has stopped the worker
+        self.stop("the worker process exited")
+
     def _count_chunk(self, request_id: int, size: float) -> None:
         call = self._calls.get(request_id)
         if call is not None:
@@ -650,6 +676,8 @@ class Worker:
                 tail += data
                 if len(tail) > limit:
                     del tail[: len(tail) - limit]
+                if _stderr_hint_pending and not logger.isEnabledFor(logging.INFO):
+                    _stderr_hint(self.id, proc.pid, data)
                 if logger.isEnabledFor(logging.INFO):
                     lines = (pending + data).split(b"\n")
                     pending = lines.pop()[-limit:]
@@ -685,6 +713,7 @@ class Worker:
         adapter = self.adapter
         if not adapter.negotiate:
             return adapter.wire, frozenset(), 1
+        self._phase = "protocol negotiation"
         offered = adapter.offered_protocols()
         hello = ProtocolNegotiation(
             supported=tuple(offered),
@@ -700,7 +729,7 @@ class Worker:
             got_header = True
             size = int.from_bytes(header, "big")
             if size > self.config.max_frame_size:
-                raise _StopWorker(f"negotiation reply announces {size} bytes")
+                raise _StopWorker(_not_a_frame(header + _read_available(proc.stdout_fd)))
             payload = await self._read_exact(proc, size)
         if scope.cancelled_caught:
             if got_header:
@@ -724,10 +753,12 @@ class Worker:
         command = self.adapter.init_command
         if command is None:
             return
+        self._phase = f"the init command {command!r} (the handler's start-up)"
         request_id = self.pool._next_id()
         frame = self.pool._encode_request(conn.codec, request_id, command, {}, False)
         conn.start_request(request_id, False)
         await self.write(frame)
+        first = True
         while True:
             await anyio.wait_readable(proc.stdout_fd)
             try:
@@ -744,7 +775,10 @@ class Worker:
                         "the answer to protocol negotiation arrived after negotiation_timeout "
                         f"({self.config.negotiation_timeout} s); raise that timeout"
                     ) from None
+                if first and not exc.events:
+                    raise _StopWorker(_not_a_frame(data)) from None
                 raise
+            first = False
             for event in events:
                 if isinstance(event, Response):
                     if not event.success:
@@ -775,24 +809,37 @@ class Worker:
                 )
                 if not crashed or healthy:
                     # A planned stop, or death after a healthy run (it served requests or
-                    # lived a while; say it was killed): not a crash loop, restart at once.
+                    # lived a while; say it was killed from outside): not a crash loop.
+                    # Restart at once, and forget earlier crashes.
                     backoff = self.config.restart_backoff
-                if not crashed:
+                    crashes.clear()
+                    if crashed:
+                        self.restarts += 1
                     continue
                 crashes.append(now)
                 while crashes and now - crashes[0] > self.config.restart_window:
                     crashes.popleft()
                 if len(crashes) > self.config.max_restarts:
+                    # The breaker opens: callers fail fast with the reason; the slot tries
+                    # again after restart_window (a dependency may have come back).
+                    window = self.config.restart_window
                     self.broken = True
-                    logger.error(
-                        "worker %d: %d crashes within %s s; giving up on this slot: %s",
-                        self.id,
-                        len(crashes),
-                        self.config.restart_window,
-                        self.last_error,
+                    self.breaker_reason = (
+                        f"worker slot {self.id}: crash breaker open after {len(crashes)} "
+                        f"crashes within {window} s (max_restarts="
+                        f"{self.config.max_restarts}); retried {window} s after it opened; "
+                        f"last error: {self.last_error}"
                     )
+                    logger.error("%s", self.breaker_reason)
+                    self.state = "stopped"
                     self.pool._worker_broken(self)
-                    return
+                    await anyio.sleep(window)  # the pool's close cancels it
+                    crashes.clear()
+                    backoff = self.config.restart_backoff
+                    self.broken = False
+                    self.restarts += 1
+                    logger.info("worker slot %d: crash breaker closed; starting again", self.id)
+                    continue
                 delay = backoff * (0.5 + random.random())
                 backoff = min(backoff * 2, self.config.restart_backoff_max)
                 await anyio.sleep(delay)
@@ -827,6 +874,7 @@ class Worker:
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._drain_stderr, proc, stderr_done)
+                outer.start_soon(self._watch_process, proc)
                 try:
                     exit_reason = await self._serve(proc)
                 finally:
@@ -872,11 +920,16 @@ class Worker:
             self._stop_scope = stop_scope
             if self.pool._closing:
                 self.stop("the pool is closing")
+            self._phase = "start-up"
             try:
                 with anyio.fail_after(config.worker_init_timeout):
                     max_concurrency = await self._handshake(proc)
             except TimeoutError:
-                self.stop(f"did not become ready within {config.worker_init_timeout} s")
+                self.stop(
+                    f"{self._phase} did not finish within worker_init_timeout="
+                    f"{config.worker_init_timeout} s; raise worker_init_timeout if the "
+                    "handler needs longer to start"
+                )
             except _StopWorker as exc:
                 self.stop(str(exc))
             except WireProtocolError as exc:
@@ -1063,6 +1116,54 @@ class Worker:
     async def wait_first_attempt(self) -> None:
         await self._first_attempt_done.wait()
 
+    @property
+    def first_attempt_over(self) -> bool:
+        """The first process of this slot became ready or failed."""
+        return self._first_attempt_done.is_set()
+
+
+_stderr_hint_pending = True
+
+
+def _stderr_hint(worker_id: int, pid: int, data: bytes) -> None:
+    """The first time a worker writes on stderr in this program and nothing shows the
+    workers' output, say so once at WARNING (print() in a handler is not lost silently)."""
+    global _stderr_hint_pending
+    _stderr_hint_pending = False
+    first = data.split(b"\n", 1)[0][:200].decode("utf-8", "replace")
+    logger.warning(
+        "worker %d (pid %d) wrote on stderr: %s\n(workers' stderr is logged at INFO on the "
+        "%r logger; shown once: call logging.basicConfig(level=logging.INFO) to see all of it)",
+        worker_id,
+        pid,
+        first,
+        logger.name,
+    )
+
+
+def _hung_up(fd: int) -> bool:
+    """True when no process holds the write end of the pipe ``fd`` any more."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return any(mask & (select.POLLHUP | select.POLLERR) for _, mask in poller.poll(0))
+
+
+def _read_available(fd: int, limit: int = 200) -> bytes:
+    """Up to ``limit`` bytes that can be read from ``fd`` now (no waiting)."""
+    try:
+        return os.read(fd, limit)
+    except OSError:
+        return b""
+
+
+def _not_a_frame(data: bytes) -> str:
+    """The error for a worker whose first output is not a protocol frame."""
+    return (
+        "the worker wrote something on stdout that is not a protocol frame: "
+        f"{bytes(data[:80])!r}; a worker must speak the wire protocol on stdout "
+        "(docs/protocol.md) and write its diagnostics to stderr"
+    )
+
 
 def _nanny_argv(grace: float, kill_grace: float) -> list[str]:
     """Start the nanny by file path with ``-I -S``: no site, no environment, standard library
@@ -1082,6 +1183,14 @@ def _nanny_argv(grace: float, kill_grace: float) -> list[str]:
 
 
 def startup_failure(workers: list[Worker]) -> StartupError:
+    if workers and all(w.broken for w in workers):
+        reasons = "; ".join(w.breaker_reason for w in workers[:3])
+        more = f" (and {len(workers) - 3} more)" if len(workers) > 3 else ""
+        tails = [f"[worker {w.id}]\n{w.stderr_tail()}".rstrip() for w in workers]
+        return StartupError(
+            f"every worker slot's crash breaker is open: {reasons}{more}",
+            stderr_tail="\n".join(tails),
+        )
     tails = [f"[worker {w.id}] {w.last_error}\n{w.stderr_tail()}".rstrip() for w in workers]
     return StartupError(
         f"no worker could be started ({len(workers)} tried)",
