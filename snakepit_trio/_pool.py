@@ -143,6 +143,8 @@ class ChunkStream:
         chunks = call.chunks
         assert chunks is not None
         while True:
+            if call.timed_out:
+                raise WorkerTimeout(f"stream {call.command!r} ran past its timeout")
             if chunks:
                 item = chunks.popleft()
                 self.count += 1
@@ -247,7 +249,8 @@ class Pool:
 
         Leaving the block before the stream ends (break, exception, cancellation) closes it
         gracefully: the bridge is sent a cancel, closes the generator (its ``finally`` runs)
-        and the worker returns to the pool. ``timeout`` bounds the whole block.
+        and the worker returns to the pool. ``timeout`` bounds the stream: at its deadline the
+        worker-side stream is cancelled and the next iteration raises ``WorkerTimeout``.
         """
         if session_id is not None:
             validate_session_id(session_id)
@@ -272,15 +275,19 @@ class Pool:
         )
         chunks = ChunkStream(call, worker, credits, self.config.stream_window)
         outcome: tm.Outcome = "error"
+        # The deadline is the pool's to enforce, never a cancel scope around the block: the
+        # block may be an async generator's body (a web response), which cannot hold one
+        # across its yields. At the deadline the watcher cancels the stream in the worker
+        # and the next iteration raises WorkerTimeout.
+        if deadline != math.inf:
+            self._arm_deadline(call, deadline)
         try:
             await worker.write(frame)
-            with anyio.CancelScope(deadline=deadline) as scope:
-                yield chunks
-            if scope.cancelled_caught:
-                outcome = "timeout"
-                raise WorkerTimeout(f"stream {command!r} ran past its timeout of {timeout} s")
+            yield chunks
             outcome = (
-                "ok"
+                "timeout"
+                if call.timed_out
+                else "ok"
                 if call.done
                 and call.error is None
                 and call.response is not None
@@ -288,7 +295,9 @@ class Pool:
                 else "cancelled"
             )
         except BaseException:
-            if not call.done and outcome != "timeout":
+            if call.timed_out:
+                outcome = "timeout"
+            elif not call.done:
                 outcome = "cancelled"
             raise
         finally:
@@ -587,6 +596,8 @@ class Pool:
                     entry.timed_out = True
                     entry.worker.abandon(entry, f"request {entry.command!r} timed out")
                     entry.event.set()
+                    if entry.chunk_event is not None:  # a stream's consumer waits on this
+                        entry.chunk_event.set()
             self._deadline_target = heap[0][0] if heap else math.inf
             self._deadline_wakeup = wakeup = self._new_event()
             with anyio.move_on_at(self._deadline_target):
