@@ -24,6 +24,7 @@ from ._orphans import OrphanInfo, sweep_orphans
 from ._pool import ChunkStream, Pool, open_pool
 from ._programs import Program, create_global_program, create_program, execute_program
 from ._sessions import Session, SessionStore
+from ._slot import WorkerInfo
 from ._telemetry import (
     RequestCompleted,
     RequestRejected,
@@ -34,7 +35,6 @@ from ._telemetry import (
     WorkerStarted,
 )
 from ._version import __version__
-from ._worker import WorkerInfo
 
 __all__ = [
     "Adapter",

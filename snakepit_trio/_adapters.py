@@ -15,12 +15,15 @@ import site
 import sys
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import snakepit_bridge
 from snakepit_bridge import BaseCommandHandler
 
 from ._errors import UnsupportedCommand
+
+if TYPE_CHECKING:
+    from ._transport import Transport, TransportContext
 
 __all__ = ["Adapter", "NodeAdapter", "PythonAdapter", "Wire", "node_bridge_path"]
 
@@ -89,6 +92,13 @@ class Adapter:
         base = dict(os.environ) if self.inherit_env else {}
         base.update(self.env)
         return base
+
+    def transport(self, context: TransportContext) -> Transport:
+        """How the pool reaches one worker of this adapter (by default: a local process
+        speaking the stdio protocol). Another transport overrides this one method."""
+        from ._stdio import StdioTransport
+
+        return StdioTransport(self, context)
 
     @property
     def negotiate(self) -> bool:

@@ -179,6 +179,11 @@ class PoolConfig:
     health_check_interval: float | None = attrs.field(default=30.0, validator=_OPTIONAL_SECONDS)
     """Ping each idle worker this often; None disables health checks."""
     health_check_timeout: float = attrs.field(default=5.0, validator=_POSITIVE_SECONDS)
+    heartbeat_interval: float = attrs.field(default=1.0, validator=_POSITIVE_SECONDS)
+    """How often a busy worker whose bridge announces ``heartbeat`` says it is alive."""
+    heartbeat_timeout: float | None = attrs.field(default=30.0, validator=_OPTIONAL_SECONDS)
+    """A busy worker silent this long (stopped, or wedged in C with the bridge's heartbeat
+    thread starved) is replaced even while its call runs. None: never."""
     max_requests: int | None = attrs.field(default=None, validator=_OPTIONAL_COUNT)
     """Recycle a worker after this many requests."""
     max_lifetime: float | None = attrs.field(default=None, validator=_OPTIONAL_SECONDS)

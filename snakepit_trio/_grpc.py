@@ -1,7 +1,11 @@
 """The gRPC transport: ``GrpcPythonAdapter`` and the worker slot that speaks to it.
 
 A gRPC worker is our Python bridge started with ``--transport grpc``: it binds a private Unix
-socket (or 127.0.0.1 on request), prints ``READY <address>`` and serves ``proto/snakepit.proto``.
+socket (or 127.0.0.1 on request), prints ``READY <address>``, builds its handler and serves
+``proto/snakepit.proto``. Each worker process gets a fresh secret token in its environment
+(never in argv); every call carries it, and the worker proves it holds it in its ``Info``
+answer (see ``_grpc_client``), so a TCP worker answers its pool only and the pool talks to
+its worker only.
 ``GrpcWorker`` replaces the stdio parts of ``Worker`` (the READY line instead of negotiation,
 a gRPC call per request instead of frames, RST_STREAM instead of cancel frames, gRPC flow
 control instead of credit frames) and keeps the rest, so the pool's dispatch, queueing,
@@ -22,11 +26,9 @@ import logging
 import os
 import sys
 import threading
-import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import anyio
 import anyio.abc
@@ -35,16 +37,18 @@ from snakepit_bridge.protocol.framing import ProtocolError as WireProtocolError
 from snakepit_bridge.protocol.messages import Response
 
 from ._adapters import PythonAdapter
+from ._backend import read_some
+from ._local import LocalProcessTransport
 from ._process import WorkerProcess
-from ._worker import Worker, _Call, _StopWorker
+from ._slot import Call
+from ._transport import EventSink, Handshake, StartFailed, Transport, TransportContext
 
 if TYPE_CHECKING:
     import asyncio
 
     from . import _grpc_client
-    from ._pool import Pool
 
-__all__ = ["GrpcPythonAdapter", "GrpcWorker"]
+__all__ = ["GrpcPythonAdapter", "GrpcTransport"]
 
 logger = logging.getLogger("snakepit_trio.grpc")
 
@@ -116,7 +120,7 @@ class _Hub:
             raise
         task = holder[0]
         if task.cancelled():
-            raise _StopWorker("the gRPC event loop stopped")
+            raise StartFailed("the gRPC event loop stopped")
         return task.result()
 
 
@@ -198,36 +202,17 @@ def _new_hub() -> _Hub:
     raise RuntimeError(f"the gRPC transport runs under trio or asyncio, not {library}")
 
 
-class _HubLease:
-    """A pool's hub, shared by its workers and closed when the last one lets go."""
-
-    def __init__(self, hub: _Hub) -> None:
-        self.hub = hub
-        self.users = 0
-
-
-_leases: weakref.WeakKeyDictionary[Pool, _HubLease] = weakref.WeakKeyDictionary()
-
-
-def _acquire_hub(pool: Pool) -> _Hub:
-    lease = _leases.get(pool)
-    if lease is None:
-        lease = _leases[pool] = _HubLease(_new_hub())
-    lease.users += 1
-    return lease.hub
+def _pool_hub(context: TransportContext) -> _Hub:
+    """The pool's hub, made by its first gRPC transport and closed with the pool."""
+    hub = context.shared.get("grpc_hub")
+    if hub is None:
+        hub = context.shared["grpc_hub"] = _new_hub()
+        context.shared.setdefault("closers", []).append(hub.aclose)
+    assert isinstance(hub, _Hub)
+    return hub
 
 
-async def _release_hub(pool: Pool) -> None:
-    lease = _leases.get(pool)
-    if lease is None:
-        return
-    lease.users -= 1
-    if lease.users == 0:
-        del _leases[pool]
-        await lease.hub.aclose()
-
-
-# ---------------------------------------------------------------------- the worker slot
+# ---------------------------------------------------------------------- the transport
 
 
 class _Remote:
@@ -242,11 +227,11 @@ class _Remote:
         self.flush_pending = False
 
 
-class GrpcWorker(Worker):
-    """A worker slot whose process is a gRPC bridge (see the module doc)."""
+class GrpcTransport(LocalProcessTransport):
+    """A local gRPC bridge process: a gRPC call per request (see the module doc)."""
 
-    def __init__(self, pool: Pool, slot_id: int) -> None:
-        super().__init__(pool, slot_id)
+    def __init__(self, adapter: PythonAdapter, context: TransportContext) -> None:
+        super().__init__(adapter, context)
         from . import _grpc_client  # grpclib and betterproto2: only when gRPC is used
 
         self._wire = _grpc_client
@@ -254,135 +239,131 @@ class GrpcWorker(Worker):
         self._hub: _Hub | None = None
         self._client: _grpc_client.Client | None = None
         self._remotes: dict[int, _Remote] = {}
+        self._sink: EventSink | None = None
+        self._token = ""
         self.address: str | None = None
 
     @property
     def codec(self) -> codecs.Codec:
         return self._codec
 
-    async def run(self) -> None:
-        self._hub = _acquire_hub(self.pool)
-        try:
-            await super().run()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await _release_hub(self.pool)
-                self._hub = None
-
-    def _reset(self) -> None:
-        super()._reset()
-        self._remotes = {}
-        self._client = None
-        self.address = None
-
     def _environment(self) -> dict[str, str]:
-        from snakepit_bridge.grpc_wire import ENV_CANCEL_GRACE, ENV_MAX_MESSAGE_SIZE
+        from snakepit_bridge.grpc_wire import (
+            ENV_CANCEL_GRACE,
+            ENV_MAX_MESSAGE_SIZE,
+            ENV_TOKEN,
+            new_token,
+        )
 
         env = super()._environment()
-        env[ENV_MAX_MESSAGE_SIZE] = str(self.config.max_frame_size)
-        env[ENV_CANCEL_GRACE] = str(self.config.cancel_grace)
+        env[ENV_MAX_MESSAGE_SIZE] = str(self._config.max_frame_size)
+        env[ENV_CANCEL_GRACE] = str(self._config.cancel_grace)
+        # A new token for every process (called once per spawn): the environment, unlike
+        # argv, is readable only by the worker's own user; the worker removes it at once.
+        self._token = env[ENV_TOKEN] = new_token()
         return env
 
+    async def start(self) -> None:
+        self._hub = _pool_hub(self._context)
+        await super().start()
+
     # ------------------------------------------------------------------ start-up
-    async def _handshake(self, proc: WorkerProcess) -> int:
+    async def handshake(self) -> Handshake:
+        # Each phase names itself in ``phase``: when worker_init_timeout runs out, the
+        # message says which one did not finish.
+        proc = self._proc
         hub = self._hub
-        assert hub is not None
+        assert proc is not None and hub is not None
+        config = self._config
+        self.phase = "the worker's start (its READY line: Python starting, the bridge loading)"
         address = await self._read_ready_line(proc)
-        client = self._wire.Client(address, self.config.max_frame_size)
+        client = self._wire.Client(address, config.max_frame_size, self._token)
         self.address = address
         self._client = client
-        grace = self.config.cancel_grace
+        grace = config.cancel_grace
+        self.phase = (
+            "building the handler (the worker is listening; the handler's constructor has not "
+            "returned)"
+        )
         try:
             info = await hub.run(client.info, grace)
-        except (_StopWorker, TimeoutError):
+        except (StartFailed, TimeoutError):
             raise
         except Exception as exc:
-            raise _StopWorker(
-                f"no answer from the worker's gRPC server at {address}: {exc!r}"
-            ) from None
-        self.protocol = "grpc"
-        self.features = frozenset(info.features) & _KNOWN_FEATURES
-        command = self.adapter.init_command
+            raise StartFailed(await self._no_info(proc, address, exc)) from None
+        features = frozenset(info.features) & _KNOWN_FEATURES
+        command = self._adapter.init_command
         if command is not None:
-            request = self._codec.encode({"id": self.pool._next_id(), "command": command})
+            self.phase = f"the init command {command!r}"
+            request = self._codec.encode({"id": self._context.next_id(), "command": command})
             try:
                 reply = await hub.run(lambda: client.execute(request), grace)
-            except (_StopWorker, TimeoutError):
+            except (StartFailed, TimeoutError):
                 raise
             except Exception as exc:
-                raise _StopWorker(f"init command {command!r} failed: {exc!r}") from None
+                raise StartFailed(f"init command {command!r} failed: {exc!r}") from None
             if not reply.success:
                 message = reply.error.message if reply.error is not None else "failed"
-                raise _StopWorker(f"init command {command!r} failed: {message}")
-        return max(1, info.max_concurrency)
+                raise StartFailed(f"init command {command!r} failed: {message}")
+        return Handshake("grpc", features, max(1, info.max_concurrency))
+
+    async def _no_info(self, proc: WorkerProcess, address: str, exc: Exception) -> str:
+        """Why ``Info`` failed: most often the worker exited while building its handler."""
+        if isinstance(exc, self._wire.BadReply):
+            return str(exc)
+        with anyio.move_on_after(0.5):
+            await proc.wait()  # a broken connection: it is probably exiting; learn its status
+        if proc.poll() is not None:
+            return (
+                f"the worker exited (status {proc.returncode}) while building its handler; "
+                "its stderr below says why"
+            )
+        return f"no answer from the worker's gRPC server at {address}: {exc!r}"
 
     async def _read_ready_line(self, proc: WorkerProcess) -> str:
         """The worker's first stdout line, ``READY unix:/path`` or ``READY tcp:host:port``."""
         buffer = bytearray()
         while b"\n" not in buffer:
-            await anyio.wait_readable(proc.stdout_fd)
-            try:
-                data = os.read(proc.stdout_fd, _READY_LIMIT)
-            except BlockingIOError:
-                continue
+            data = await read_some(proc.stdout_fd, _READY_LIMIT)
             if not data:
-                raise _StopWorker("the worker exited before announcing its gRPC address")
+                raise StartFailed("the worker exited before announcing its gRPC address")
             buffer += data
             if len(buffer) > _READY_LIMIT:
-                raise _StopWorker("the worker wrote more than one READY line on stdout")
+                raise StartFailed("the worker wrote more than one READY line on stdout")
         line = bytes(buffer).split(b"\n", 1)[0].decode("utf-8", "replace").strip()
         word, _, address = line.partition(" ")
         if word != "READY" or not address.startswith(("unix:", "tcp:")):
-            raise _StopWorker(f"expected 'READY <address>' on stdout, got {line[:200]!r}")
+            raise StartFailed(f"expected 'READY <address>' on stdout, got {line[:200]!r}")
         return address
 
-    def _start_io(self, tg: anyio.abc.TaskGroup, proc: WorkerProcess) -> None:
-        tg.start_soon(self._watch_exit, proc)
+    # ------------------------------------------------------------------ serving
+    async def serve(self, sink: EventSink, capacity: int) -> None:
+        """Each call carries its own reply; the process exit is watched by ``watch``."""
+        self._sink = sink
+        await anyio.sleep_forever()
 
-    async def _watch_exit(self, proc: WorkerProcess) -> None:
-        """There is no stdout to hit EOF on: notice the process exiting by itself."""
-        await proc.wait()
-        self._eof = True
-        self.stop("the worker exited")
-
-    async def _take_down(self, proc: WorkerProcess, reason: str, stderr_done: anyio.Event) -> bool:
-        try:
-            return await super()._take_down(proc, reason, stderr_done)
-        finally:
-            client, self._client = self._client, None
-            hub = self._hub
-            if client is not None and hub is not None:
-                try:
-                    await hub.run(client.close, _HUB_CLOSE_TIMEOUT)
-                except Exception as exc:  # pragma: no cover - closing is best effort
-                    logger.debug("worker %d: closing its channel failed: %r", self.id, exc)
-            self._remotes.clear()
-
-    # ------------------------------------------------------------------ requests
-    def begin(self, request_id: int, command: str, frame: bytes, stream: bool) -> _Call:
-        """Register the call and start its gRPC call (the frame is a framed ExecuteRequest)."""
+    def open_call(self, call: Any, frame: bytes) -> None:
+        """Start the call's gRPC call (the frame is a framed ExecuteRequest)."""
         hub, client = self._hub, self._client
         assert hub is not None and client is not None
-        call = _Call(request_id, command, self, stream, self.pool._new_event())
-        self._calls[request_id] = call
-        self.load += 1
-        if self.load == 1 and not self._abandoned:
-            self.state = "busy"
-        call.started = time.monotonic()
-        remote = _Remote(self._wire.StreamWindow(self.config.stream_credits) if stream else None)
-        self._remotes[request_id] = remote
+        remote = _Remote(
+            self._wire.StreamWindow(self._config.stream_credits) if call.stream else None
+        )
+        self._remotes[call.id] = remote
         hub.call_soon(self._launch, client, call, remote, frame[4:])
-        return call
 
-    async def write(self, data: bytes) -> None:
-        """Nothing to write: ``begin`` has started the gRPC call."""
+    def send_nowait(self, frame: bytes) -> bool:
+        return True  # open_call has started the gRPC call
 
-    def grant_credit(self, call: _Call, credits: int) -> None:
+    async def send(self, frame: bytes) -> None:
+        """Nothing to send: ``open_call`` has started the gRPC call."""
+
+    def grant(self, call: Any, credits: int) -> None:
         remote = self._remotes.get(call.id)
         if remote is not None and remote.window is not None and self._hub is not None:
             self._hub.call_soon(remote.window.grant, credits)
 
-    async def _send_cancel(self, call: _Call) -> bool:
+    async def cancel(self, call: Any) -> bool:
         remote = self._remotes.get(call.id)
         hub = self._hub
         if remote is None or hub is None:
@@ -390,9 +371,19 @@ class GrpcWorker(Worker):
         hub.call_soon(_cancel_task, remote)  # grpclib then sends RST_STREAM
         return True
 
+    async def _after_close(self) -> None:
+        client, self._client = self._client, None
+        hub = self._hub
+        if client is not None and hub is not None:
+            try:
+                await hub.run(client.close, _HUB_CLOSE_TIMEOUT)
+            except Exception as exc:  # pragma: no cover - closing is best effort
+                logger.debug("closing a worker's channel failed: %r", exc)
+        self._remotes.clear()
+
     # -- on the gRPC loop
     def _launch(
-        self, client: _grpc_client.Client, call: _Call, remote: _Remote, payload: bytes
+        self, client: _grpc_client.Client, call: Call, remote: _Remote, payload: bytes
     ) -> None:
         coro: Coroutine[Any, Any, Any]
         if remote.window is None:
@@ -403,7 +394,7 @@ class GrpcWorker(Worker):
             )
         remote.task = client.start(coro, lambda task: self._report(call, task))
 
-    def _push(self, call: _Call, remote: _Remote, value: Any) -> None:
+    def _push(self, call: Call, remote: _Remote, value: Any) -> None:
         remote.chunks.append(value)
         if not remote.flush_pending:
             remote.flush_pending = True
@@ -411,7 +402,7 @@ class GrpcWorker(Worker):
             if hub is not None:
                 hub.to_host(self._flush, call, remote)
 
-    def _report(self, call: _Call, task: asyncio.Task[Any]) -> None:
+    def _report(self, call: Call, task: asyncio.Task[Any]) -> None:
         """The call's task ended: turn its outcome into the pool's terms, hand it to the host."""
         hub = self._hub
         if hub is None:
@@ -441,7 +432,7 @@ class GrpcWorker(Worker):
             hub.to_host(self._finish, call, None, f"its gRPC connection failed: {exc!r}", False)
 
     # -- on the host loop
-    def _flush(self, call: _Call, remote: _Remote) -> None:
+    def _flush(self, call: Call, remote: _Remote) -> None:
         """Move the chunks that arrived into the call."""
         remote.flush_pending = False  # first: a chunk pushed from now on schedules a flush
         chunks = remote.chunks
@@ -455,25 +446,25 @@ class GrpcWorker(Worker):
             call.chunk_event.set()
 
     def _finish(
-        self, call: _Call, response: Response | None, failure: str | None, protocol: bool
+        self, call: Call, response: Response | None, failure: str | None, protocol: bool
     ) -> None:
         """A call's outcome arrived: route its response, or replace the worker on a failure."""
-        if call.done or self._calls.get(call.id) is not call:
-            return  # already failed by the take-down, or from an earlier process
         remote = self._remotes.pop(call.id, None)
+        sink = self._sink
+        if call.done or remote is None or sink is None:
+            return  # already failed by the take-down
         if response is None:
             # A broken connection (most likely the process died) or a broken contract: as
             # over stdio, the worker is replaced and its calls fail with the cause
             # (WorkerCrashed with exit code and stderr, or ProtocolError).
             if protocol:
-                self._protocol_error = WireProtocolError(failure or "gRPC contract broken")
+                sink.protocol_error(WireProtocolError(failure or "gRPC contract broken"), [])
             else:
                 self._eof = True
-            self.stop(failure or "the gRPC call failed")
+                sink.ended(failure or "the gRPC call failed")
             return
-        if remote is not None:
-            self._flush(call, remote)
-        self._route(response)
+        self._flush(call, remote)
+        sink.response(response)
 
 
 def _cancel_task(remote: _Remote) -> None:
@@ -494,8 +485,6 @@ class GrpcPythonAdapter(PythonAdapter):
     (gRPC flow control) and several requests per worker (``PoolConfig.max_in_flight``) work
     as over stdio.
     """
-
-    worker_class: ClassVar[type[Worker]] = GrpcWorker
 
     def __init__(
         self,
@@ -524,6 +513,9 @@ class GrpcPythonAdapter(PythonAdapter):
 
     def __repr__(self) -> str:
         return f"GrpcPythonAdapter({self.handler!r}, listen={self.listen!r})"
+
+    def transport(self, context: TransportContext) -> Transport:
+        return GrpcTransport(self, context)
 
     @property
     def negotiate(self) -> bool:

@@ -23,26 +23,25 @@ from typing import Any, Final, NoReturn
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import sniffio
 from snakepit_bridge.protocol import codecs, constants
 from snakepit_bridge.protocol.framing import HEADER_SIZE, encode_frame
-from snakepit_bridge.protocol.framing import ProtocolError as WireProtocolError
 
 from . import _telemetry as tm
 from ._adapters import Adapter
+from ._backend import Waitable, current_backend
 from ._config import PoolConfig
 from ._errors import (
     CommandError,
     PoolClosed,
     PoolSaturated,
-    ProtocolError,
     QueueTimeout,
     SnakepitError,
     UnsupportedCommand,
     WorkerTimeout,
 )
 from ._sessions import SessionStore, validate_session_id
-from ._worker import Waitable, Worker, WorkerInfo, _Call, native_event_class, startup_failure
+from ._slot import Call, Slot, WorkerInfo, startup_failure
+from ._transport import INITIAL_STREAM_CREDITS, TransportContext, encode_request
 
 __all__ = ["ChunkStream", "Pool", "open_pool"]
 
@@ -50,8 +49,6 @@ logger = logging.getLogger("snakepit_trio")
 logger.addHandler(logging.NullHandler())
 
 _UNKNOWN_COMMAND_PREFIXES: Final = ("unknown command", "unsupported command")
-# Credits a stream starts with, before the pool knows how big its chunks are.
-INITIAL_STREAM_CREDITS: Final = 8
 
 
 class _Waiter:
@@ -59,11 +56,11 @@ class _Waiter:
 
     __slots__ = ("done", "error", "event", "prefer", "started", "worker")
 
-    def __init__(self, prefer: Worker | None, event: Waitable, started: float) -> None:
+    def __init__(self, prefer: Slot | None, event: Waitable, started: float) -> None:
         self.prefer = prefer
         self.event = event
         self.started = started
-        self.worker: Worker | None = None
+        self.worker: Slot | None = None
         self.error: SnakepitError | None = None
         self.done = False  # handed a worker, timed out, or failed
 
@@ -87,15 +84,6 @@ class _Stats:
         self.pool_saturated = 0
 
 
-def _backend_primitives() -> tuple[Callable[[], float], Callable[[], Awaitable[None]]]:
-    """The running backend's clock and checkpoint_if_cancelled, without anyio's dispatch."""
-    if sniffio.current_async_library() == "trio":
-        import trio
-
-        return trio.current_time, trio.lowlevel.checkpoint_if_cancelled
-    return anyio.current_time, anyio.lowlevel.checkpoint_if_cancelled
-
-
 def _response_error(response: Any) -> SnakepitError:
     message = response.error or "command failed"
     error_type = response.error_type
@@ -113,9 +101,17 @@ class ChunkStream:
     ``result`` holds the stream's final value (the generator's return value).
     """
 
-    def __init__(self, call: _Call, worker: Worker, credits: int | None, window: int) -> None:
+    def __init__(
+        self,
+        call: Call,
+        worker: Slot,
+        credits: int | None,
+        window: int,
+        new_event: Callable[[], Waitable],
+    ) -> None:
         self._call = call
         self._worker = worker
+        self._new_event = new_event
         self._max_credits = credits  # None: the transport does its own flow control
         self._window = window
         self._granted = min(credits, INITIAL_STREAM_CREDITS) if credits is not None else 0
@@ -160,7 +156,7 @@ class ChunkStream:
                     raise _response_error(response)
                 self.result = response.result
                 raise StopAsyncIteration
-            call.chunk_event = self._worker.pool._new_event()
+            call.chunk_event = self._new_event()
             await call.chunk_event.wait()
 
 
@@ -178,10 +174,10 @@ class Pool:
             max_sessions=config.max_sessions,
             clock=anyio.current_time,
         )
-        # An adapter for another transport (gRPC) brings its own Worker subclass.
-        worker_class: type[Worker] = getattr(adapter, "worker_class", Worker)
-        self._workers: list[Worker] = [worker_class(self, i) for i in range(size)]
-        self._idle: list[Worker] = []
+        self._workers: list[Slot] = []  # made at start, on the running backend
+        # Per-pool state the transports share (the gRPC loop thread), and how to release it.
+        self._shared: dict[str, Any] = {}
+        self._idle: list[Slot] = []
         self._waiters: deque[_Waiter] = deque()
         self._queued = 0
         self._stats = _Stats()
@@ -202,7 +198,7 @@ class Pool:
             anyio.lowlevel.checkpoint_if_cancelled
         )
         # Deadlines of calls in flight: one watcher task instead of a cancel scope per call.
-        self._deadlines: list[tuple[float, int, _Call | _Waiter]] = []
+        self._deadlines: list[tuple[float, int, Call | _Waiter]] = []
         self._seq = itertools.count()
         self._deadline_target = math.inf
         self._deadline_wakeup: Waitable = anyio.Event()
@@ -273,7 +269,7 @@ class Pool:
         credits = (
             self.config.stream_credits if constants.FEATURE_CREDIT in worker.features else None
         )
-        chunks = ChunkStream(call, worker, credits, self.config.stream_window)
+        chunks = ChunkStream(call, worker, credits, self.config.stream_window, self._new_event)
         outcome: tm.Outcome = "error"
         # The deadline is the pool's to enforce, never a cancel scope around the block: the
         # block may be an async generator's body (a web response), which cannot hold one
@@ -282,7 +278,7 @@ class Pool:
         if deadline != math.inf:
             self._arm_deadline(call, deadline)
         try:
-            await worker.write(frame)
+            await worker.send(frame)
             yield chunks
             outcome = (
                 "timeout"
@@ -366,6 +362,11 @@ class Pool:
     def closed(self) -> bool:
         return self._closing
 
+    @property
+    def closing(self) -> bool:
+        """The pool is closing or closed (slots do not restart)."""
+        return self._closing
+
     async def aclose(self) -> None:
         """Close the pool now: queued calls get ``PoolClosed``, calls in flight may finish
         within ``drain_timeout``, then every worker goes down the ladder. Idempotent."""
@@ -379,29 +380,19 @@ class Pool:
     def _encode_request(
         self, codec: codecs.Codec, request_id: int, command: str, args: Any, stream: bool
     ) -> bytes:
-        message: dict[str, Any] = {
-            "id": request_id,
-            "command": command,
-            "args": args,
-            "timestamp": constants.utc_timestamp(),
-        }
-        if stream:
-            message["stream"] = True
-            message["credits"] = min(self.config.stream_credits, INITIAL_STREAM_CREDITS)
-        try:
-            payload = codec.encode(message)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise TypeError(
-                f"the arguments of {command!r} cannot be sent as {codec.name}: {exc}"
-            ) from exc
-        try:
-            return encode_frame(payload, self.config.max_frame_size)
-        except WireProtocolError as exc:
-            raise ProtocolError(f"request {command!r} is too large: {exc}") from None
+        return encode_request(
+            codec,
+            request_id,
+            command,
+            args,
+            stream=stream,
+            credits=min(self.config.stream_credits, INITIAL_STREAM_CREDITS),
+            max_frame_size=self.config.max_frame_size,
+        )
 
     def _prepare(
         self, command: str, args: Mapping[str, Any] | None, session_id: str | None, stream: bool
-    ) -> tuple[int, bytes, Worker | None, codecs.Codec]:
+    ) -> tuple[int, bytes, Slot | None, codecs.Codec]:
         """Validate and encode at the call site: the request id, its frame, the preferred
         worker (the session's last one), the codec the frame is in. A queued call keeps only
         its frame."""
@@ -413,7 +404,7 @@ class Pool:
         call_args: dict[str, Any] = {} if args is None else dict(args)
         adapter.validate_command(command, call_args)
         call_args = adapter.prepare_args(command, call_args)
-        prefer: Worker | None = None
+        prefer: Slot | None = None
         if session_id is not None:
             call_args["session_id"] = session_id
             session = self.sessions.get_session(session_id) or self.sessions.create_session(
@@ -430,9 +421,7 @@ class Pool:
             codec,
         )
 
-    async def _wait_for_worker(
-        self, prefer: Worker | None, command: str, deadline: float
-    ) -> Worker:
+    async def _wait_for_worker(self, prefer: Slot | None, command: str, deadline: float) -> Slot:
         """Queue the caller (FIFO) until a worker is handed to it, or it times out."""
         waiter = self._enqueue(prefer, command, deadline)
         while True:
@@ -458,14 +447,14 @@ class Pool:
 
     def _begin(
         self,
-        worker: Worker,
+        worker: Slot,
         request_id: int,
         command: str,
         frame: bytes,
         stream: bool,
         session_id: str | None,
         codec: codecs.Codec,
-    ) -> tuple[_Call, bytes]:
+    ) -> tuple[Call, bytes]:
         """Register the call on the worker it was given; returns it and the frame to send."""
         if session_id is not None:
             current = self.sessions.get_session(session_id)
@@ -487,7 +476,7 @@ class Pool:
         deadline: float,
         *,
         stream: bool,
-    ) -> tuple[Worker, _Call, bytes, str | None]:
+    ) -> tuple[Slot, Call, bytes, str | None]:
         """Validate and encode at the call site, wait for a worker, register the call."""
         await self._checkpoint_if_cancelled()
         request_id, frame, prefer, codec = self._prepare(command, args, session_id, stream)
@@ -499,11 +488,11 @@ class Pool:
         call, frame = self._begin(worker, request_id, command, frame, stream, session_id, codec)
         return worker, call, frame, session_id
 
-    def _expired(self, worker: Worker | None, command: str, timeout: float | None) -> NoReturn:
+    def _expired(self, worker: Slot | None, command: str, timeout: float | None) -> NoReturn:
         """The call's deadline passed before its request was sent: send nothing, hand the
         worker it was given to the next caller."""
         if worker is not None:
-            self._release(worker)
+            self.slot_released(worker)
         s = self._stats
         s.requests += 1
         s.errors += 1
@@ -540,8 +529,8 @@ class Pool:
         call, frame = self._begin(worker, request_id, command, frame, False, session_id, codec)
         self._arm_deadline(call, deadline)
         try:
-            if not worker.queue_frame(frame):
-                await worker.write(frame)
+            if not worker.send_nowait(frame):
+                await worker.send(frame)
             await call.event.wait()
         except BaseException:
             if not call.done and not call.timed_out:
@@ -566,7 +555,7 @@ class Pool:
         self._record(call, worker, "error", session_id)
         raise _response_error(response)
 
-    def _arm_deadline(self, entry: _Call | _Waiter, deadline: float) -> None:
+    def _arm_deadline(self, entry: Call | _Waiter, deadline: float) -> None:
         """Have the watcher time ``entry`` out at ``deadline`` (no cancel scope per call)."""
         heap = self._deadlines
         # Calls finish roughly in deadline order, so finished ones are usually on top.
@@ -603,9 +592,7 @@ class Pool:
             with anyio.move_on_at(self._deadline_target):
                 await wakeup.wait()
 
-    def _record(
-        self, call: _Call, worker: Worker, outcome: tm.Outcome, session: str | None
-    ) -> None:
+    def _record(self, call: Call, worker: Slot, outcome: tm.Outcome, session: str | None) -> None:
         s = self._stats
         if outcome == "cancelled":
             s.cancelled += 1
@@ -619,7 +606,7 @@ class Pool:
             self._emit_completed(call, worker, outcome, session)
 
     def _emit_completed(
-        self, call: _Call, worker: Worker, outcome: tm.Outcome, session: str | None
+        self, call: Call, worker: Slot, outcome: tm.Outcome, session: str | None
     ) -> None:
         self.telemetry.emit(
             tm.RequestCompleted(
@@ -643,7 +630,7 @@ class Pool:
         return chunks.result
 
     # ------------------------------------------------------------------ dispatch
-    def _take(self, worker: Worker) -> None:
+    def _take(self, worker: Slot) -> None:
         worker.free -= 1
         if worker.free == 0:
             idle = self._idle
@@ -652,7 +639,7 @@ class Pool:
             else:
                 idle.remove(worker)
 
-    def _take_now(self, prefer: Worker | None, command: str) -> Worker | None:
+    def _take_now(self, prefer: Slot | None, command: str) -> Slot | None:
         if prefer is not None and prefer.alive and not prefer.draining:
             if prefer.free > 0:
                 self._take(prefer)
@@ -682,7 +669,7 @@ class Pool:
 
     def _enqueue(
         self,
-        prefer: Worker | None,
+        prefer: Slot | None,
         command: str,
         deadline: float,
         *,
@@ -723,13 +710,13 @@ class Pool:
         handed = waiter.worker
         if handed is not None:
             waiter.worker = None
-            self._release(handed)
+            self.slot_released(handed)
         elif not waiter.done:
             waiter.done = True
             self._queued -= 1
             self._compact_waiters()
 
-    def _queue_outcome(self, waiter: _Waiter, command: str) -> Worker:
+    def _queue_outcome(self, waiter: _Waiter, command: str) -> Slot:
         if waiter.worker is not None:
             return waiter.worker
         if waiter.error is not None:
@@ -751,9 +738,9 @@ class Pool:
         if self.telemetry.active:
             self.telemetry.emit(tm.RequestRejected(command, reason, waited))
 
-    def _release(self, worker: Worker) -> None:
+    def slot_released(self, worker: Slot) -> None:
         """A request on ``worker`` ended: give its slot to the oldest waiter, or park it."""
-        if not worker.ready or worker._stop_reason is not None:  # not worker.alive
+        if not worker.alive:
             return
         if self._recycle_limits:
             config = self.config
@@ -791,25 +778,24 @@ class Pool:
         free = worker.free = worker.free + 1
         if free == 1:
             self._idle.append(worker)
-        # worker._update_state(), inlined (the worker is alive)
-        worker.state = "cancelling" if worker._abandoned else "busy" if worker.load else "idle"
+        worker.settle()
 
-    def _worker_ready(self, worker: Worker) -> None:
+    def slot_ready(self, worker: Slot) -> None:
         if not self._features:
             self._features = worker.features
             codec = worker.codec  # a fresh instance for the pool, unless it is not a wire codec
             self._codec = codecs.get_codec(codec.name) if codec.name in codecs.CODECS else codec
         worker.free = 0
         for _ in range(worker.capacity):
-            self._release(worker)
+            self.slot_released(worker)
 
-    def _worker_unavailable(self, worker: Worker) -> None:
+    def slot_unavailable(self, worker: Slot) -> None:
         if worker.free > 0:
             worker.free = 0
             if worker in self._idle:
                 self._idle.remove(worker)
 
-    def _worker_broken(self, worker: Worker) -> None:
+    def slot_broken(self, worker: Slot) -> None:
         if all(w.broken for w in self._workers):
             self._fail_waiters(startup_failure(self._workers))
 
@@ -841,7 +827,7 @@ class Pool:
                     continue  # busy workers are not pinged: a long command is not a dead worker
                 reason = worker.needs_recycling(now)
                 if reason is not None:
-                    self._worker_unavailable(worker)
+                    self.slot_unavailable(worker)
                     if self.telemetry.active and worker.pid is not None:
                         self.telemetry.emit(tm.WorkerRecycled(worker.id, worker.pid, reason))
                     worker.stop(f"recycled: {reason}", graceful=True)
@@ -849,7 +835,7 @@ class Pool:
                 assert self._tg is not None
                 self._tg.start_soon(self._health_check, worker)
 
-    async def _health_check(self, worker: Worker) -> None:
+    async def _health_check(self, worker: Slot) -> None:
         if not worker.alive or worker.free < 1:
             return
         self._take(worker)
@@ -857,7 +843,7 @@ class Pool:
         frame = self._encode_request(worker.codec, request_id, "ping", {}, False)
         call = worker.begin(request_id, "ping", frame, False)
         call.probe = True  # counted neither as served nor toward max_requests
-        await worker.write(frame)
+        await worker.send(frame)
         with anyio.move_on_after(self.config.health_check_timeout):
             await call.event.wait()
         if not call.done:
@@ -872,9 +858,21 @@ class Pool:
     # ------------------------------------------------------------------ lifecycle
     async def _start(self, tg: anyio.abc.TaskGroup) -> None:
         self._tg = tg
-        self._new_event = native_event_class()
-        self._now, self._checkpoint_if_cancelled = _backend_primitives()
+        backend = current_backend()
+        self._new_event = backend.new_event
+        self._now, self._checkpoint_if_cancelled = backend.now, backend.checkpoint_if_cancelled
         self._deadline_wakeup = self._new_event()
+        make_transport = self.adapter.transport
+        self._workers = [
+            Slot(
+                self,
+                i,
+                self.config,
+                make_transport,
+                TransportContext(i, self.run_id, self.config, backend, self._next_id, self._shared),
+            )
+            for i in range(self.size)
+        ]
         tg.start_soon(self._shielded, self._deadline_loop)
         for worker in self._workers:
             tg.start_soon(self._shielded, worker.run)
@@ -926,6 +924,9 @@ class Pool:
             for worker in self._workers:
                 while worker.state != "stopped":
                     await anyio.sleep(0.005)
+        for release in self._shared.pop("closers", ()):  # what the transports shared
+            with anyio.move_on_after(5.0):
+                await release()
         self._closed.set()
 
 

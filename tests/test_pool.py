@@ -30,9 +30,9 @@ async def test_concurrent_start_and_basic_commands() -> None:
         assert [w.state for w in infos] == ["idle"] * 4
         assert len({w.pid for w in infos}) == 4
         # Started concurrently: every worker was spawned before the first one was ready.
-        spawned = [w.proc.started_at for w in pool._workers if w.proc is not None]
+        spawned = [w.transport.started_at for w in pool._workers if w.transport is not None]
         assert len(spawned) == 4
-        assert max(spawned) <= min(w._ready_at for w in pool._workers)
+        assert max(spawned) <= min(w.ready_at for w in pool._workers)
         assert all(w.protocol == "msgpack" for w in infos)
         assert "stream" in pool.features
 
@@ -521,7 +521,7 @@ async def test_a_queued_frame_is_reencoded_if_the_pool_codec_changed_meanwhile()
                 while pool.stats()["queued"] != 1:
                     await anyio.sleep(0.01)
             pool._codec = codecs.get_codec("msgpack")
-            pool._release(worker)
+            pool.slot_released(worker)
         assert isinstance(outcome["echo"], dict) and outcome["echo"]["echoed"] == {"x": 1}
         assert pool.stats()["restarts"] == 0
 

@@ -285,7 +285,7 @@ async def test_a_program_that_writes_text_on_stdout_is_told_so() -> None:
 async def test_a_workers_first_stderr_line_is_shown_once_at_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from snakepit_trio import _worker
+    from snakepit_trio import _local as _worker
 
     _worker._stderr_hint_pending = True
     caplog.set_level(logging.WARNING, logger="snakepit_trio.worker")
