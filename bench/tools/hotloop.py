@@ -1,19 +1,30 @@
 """A hot loop for profilers: one scenario of bench/run.py, run for a fixed time.
 
-    python bench/experiments/hotloop.py latency|throughput|mux|mux1|stream|big [seconds]
+    python bench/tools/hotloop.py latency|throughput|mux|mux1|stream|big [seconds]
         [--mallopt] [--worker-tunables]
 
-``--mallopt`` sets glibc's mmap and trim thresholds in this (the pool's) process with
-mallopt(3); ``--worker-tunables`` starts the workers with the same settings through
-GLIBC_TUNABLES. Both keep freed megabyte buffers for reuse instead of unmapping them (each
-fresh mapping costs a page fault per 4 KiB page).
+Scenarios: ``latency`` (1 caller, 1 worker), ``throughput`` (16 callers, 2 workers, one
+request in flight each), ``mux`` (the same with ``max_in_flight=16``), ``mux1`` (16 callers,
+1 worker, ``max_in_flight=16``), ``stream`` (small chunks from one worker), ``big`` (a 1 MiB
+echo). It prints the rate it reached.
 
-Profile it with py-spy (``py-spy record --subprocesses -f raw -o out.txt -- python ...``) and
-fold the stacks with ``stacks.py``.
+``--mallopt`` sets glibc's mmap and trim thresholds in this (the pool's) process with
+mallopt(3), so that freed megabyte buffers are kept for reuse instead of unmapped (each fresh
+mapping costs a page fault per 4 KiB page). Python workers get such settings from the pool
+already (``GLIBC_TUNABLES``, blocks up to 4 MiB); ``--worker-tunables`` gives them this
+tool's larger thresholds instead.
+
+Profile it with py-spy, and fold the stacks per process role with ``stacks.py``:
+
+    py-spy record --subprocesses -f raw -o out.txt -- python bench/tools/hotloop.py mux 10
+    python bench/tools/stacks.py out.txt --match snakepit_trio
+
+or with ``perf record -g`` (page faults: ``perf record -e page-faults -g``).
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import sys
 from pathlib import Path
@@ -22,14 +33,27 @@ from time import perf_counter
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import trio
-from contenders import BENCH_DIR, HANDLER
 from workloads import SMALL, big_payload
 
 import snakepit_trio as sp
 
+# Only workloads and the library are imported (not contenders, which needs the bench extra):
+# the tool runs wherever the library does.
+BENCH_DIR = Path(__file__).resolve().parent.parent
+HANDLER = "bench_handler:BenchHandler"
 TUNABLES = "glibc.malloc.mmap_threshold=67108864:glibc.malloc.trim_threshold=134217728"
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+
+# workers, callers, requests in flight per worker, payload (None: the 1 MiB one)
+SCENARIOS = {
+    "latency": (1, 1, 1, SMALL),
+    "throughput": (2, 16, 1, SMALL),
+    "mux": (2, 16, 16, SMALL),
+    "mux1": (1, 16, 16, SMALL),
+    "stream": (1, 1, 1, SMALL),
+    "big": (1, 1, 1, None),
+}
 
 
 def keep_freed_memory() -> None:
@@ -40,14 +64,9 @@ def keep_freed_memory() -> None:
 
 
 async def main(mode: str, seconds: float, worker_tunables: bool) -> None:
-    workers, callers, in_flight, payload = {
-        "latency": (1, 1, 1, SMALL),
-        "throughput": (2, 16, 1, SMALL),
-        "mux": (2, 16, 16, SMALL),
-        "mux1": (1, 16, 16, SMALL),
-        "stream": (1, 1, 1, SMALL),
-        "big": (1, 1, 1, big_payload()),
-    }[mode]
+    workers, callers, in_flight, payload = SCENARIOS[mode]
+    if payload is None:
+        payload = big_payload()
     config = sp.PoolConfig(max_in_flight=in_flight, health_check_interval=None)
     env = {"PYTHONPATH": str(BENCH_DIR)}
     if worker_tunables:
@@ -78,9 +97,12 @@ async def main(mode: str, seconds: float, worker_tunables: bool) -> None:
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    if "--mallopt" in sys.argv:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", choices=SCENARIOS)
+    parser.add_argument("seconds", type=float, nargs="?", default=5.0)
+    parser.add_argument("--mallopt", action="store_true", help="keep freed memory (this process)")
+    parser.add_argument("--worker-tunables", action="store_true", help="the same in the workers")
+    args = parser.parse_args()
+    if args.mallopt:
         keep_freed_memory()
-    trio.run(
-        main, args[0], float(args[1]) if len(args) > 1 else 5.0, "--worker-tunables" in sys.argv
-    )
+    trio.run(main, args.mode, args.seconds, args.worker_tunables)
