@@ -49,7 +49,7 @@ class Adapter:
         self,
         executable: str | os.PathLike[str],
         script: str | os.PathLike[str] | None = None,
-        script_args: Iterable[str] = (),
+        script_args: Iterable[str | os.PathLike[str] | int] = (),
         *,
         wire: Wire = "auto",
         env: Mapping[str, str] | None = None,

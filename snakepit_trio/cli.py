@@ -38,6 +38,7 @@ import anyio
 import snakepit_trio as sp
 
 from ._adapters import Wire
+from ._config import MAX_SECONDS, validate_size
 from ._progress import Progress, use_colour
 
 __all__ = ["main"]
@@ -245,13 +246,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _pool_size(text: str) -> int:
+    """``--workers``: what ``open_pool`` accepts (a typo like 100000 must not fork away)."""
+    size = _positive_int(text)
+    try:
+        return validate_size(size, "--workers")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _seconds(text: str) -> float:
+    """A duration: positive and finite, at most a year (``MAX_SECONDS``, as PoolConfig)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    if not 0 < value <= MAX_SECONDS:  # false for NaN too
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must be a positive number of seconds, at most {MAX_SECONDS:.0f}"
+        )
     return value
 
 
@@ -972,9 +985,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Node bridge when node is there, then the pool's statistics. Needs nothing but this "
         "package.",
     )
-    demo.add_argument(
-        "--workers", type=_positive_int, help="pool size (default: 2 per CPU, 2 to 4)"
-    )
+    demo.add_argument("--workers", type=_pool_size, help="pool size (default: 2 per CPU, 2 to 4)")
     demo.add_argument("--no-node", action="store_true", help="skip the Node.js part")
     demo.set_defaults(handler=cmd_demo)
 
@@ -1069,7 +1080,7 @@ _CONFIG_FLAGS = {
 
 def _pool_options(p: argparse.ArgumentParser, *, workers: int) -> None:
     p.add_argument(
-        "--workers", type=_positive_int, default=workers, help=f"pool size (default {workers})"
+        "--workers", type=_pool_size, default=workers, help=f"pool size (default {workers})"
     )
     p.add_argument(
         "--wire",
