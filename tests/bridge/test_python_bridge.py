@@ -21,6 +21,7 @@ if str(_BRIDGE_DIR) not in sys.path:
     sys.path.insert(0, str(_BRIDGE_DIR))
 
 from snakepit_bridge.protocol import JSON, MSGPACK, FrameDecoder, encode_frame  # noqa: E402
+from snakepit_bridge.protocol.codecs import JsonCodec  # noqa: E402
 from snakepit_bridge.protocol.framing import DEFAULT_MAX_FRAME_SIZE  # noqa: E402
 from snakepit_bridge.protocol.messages import (  # noqa: E402
     BridgeEvent,
@@ -40,7 +41,7 @@ TESTING = "snakepit_bridge.testing:TestingHandler"
 TIMEOUT = 5.0
 
 
-class _NonFiniteJson(type(JSON)):  # type: ignore[misc]
+class _NonFiniteJson(JsonCodec):
     """The JSON codec, but sending NaN and infinities (as a hostile caller could)."""
 
     def encode(self, value: Any) -> bytes:
@@ -680,6 +681,13 @@ def test_a_handler_that_cannot_load_answers_the_first_request_with_the_cause(
     stderr = bridge.stderr
     assert "Traceback (most recent call last)" in stderr and missing in stderr
     assert f'{module}", line {line}' in stderr
+
+
+def test_a_handler_that_cannot_load_exits_1_at_stdin_eof(start: Any) -> None:
+    bridge = start(handler="bad_import:Handler")
+    bridge.close_stdin()  # the pool closed before its init ping: no wait for a request
+    assert bridge.wait() == 1
+    assert "model-weights.bin" in bridge.stderr
 
 
 def test_a_handler_file_path_is_accepted(start: Any) -> None:
