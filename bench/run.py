@@ -12,8 +12,9 @@ flight per worker; (3) the same with several in flight per worker; (4) 1 MiB byt
 (5) start-up; (6) streaming rate and memory; (7) memory per queued request.
 
 Writes a markdown table to stdout and OUT/latest.md, the numbers to OUT/latest.json and a plot
-to OUT/latency_throughput.png. Each measurement runs in ``rounds`` interleaved rounds (every
-contender once per round) so that the noise of a shared machine hits them all alike.
+to OUT/latency_throughput.png (when matplotlib is installed; without it, a note says so). Each
+measurement runs in ``rounds`` interleaved rounds (every contender once per round) so that the
+noise of a shared machine hits them all alike.
 """
 
 from __future__ import annotations
@@ -511,15 +512,29 @@ def main(argv: list[str] | None = None) -> int:
     results["big"] = {k: s.summary() for k, s in samples.get("big", {}).items()}
     results["targets"] = evaluate_targets(results)
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    write_results(results, args.out)
+    log(f"done in {results['wall_s']:.0f} s")
+    return 0
+
+
+def write_results(results: dict[str, Any], out: Path) -> list[Path]:
+    """Print the markdown table and write it, the JSON and the plot (when matplotlib is
+    installed: it is optional, and a run of minutes must not end in an ImportError)."""
+    out.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(results)
     print(markdown)
-    (args.out / "latest.md").write_text(markdown)
-    (args.out / "latest.json").write_text(json.dumps(results, indent=2, default=float))
+    written = [out / "latest.md", out / "latest.json"]
+    written[0].write_text(markdown)
+    written[1].write_text(json.dumps(results, indent=2, default=float))
     if results["throughput"]:
-        render_plot(results, args.out / "latency_throughput.png")
-    log(f"done in {results['wall_s']:.0f} s; wrote {args.out}/latest.{{md,json}}")
-    return 0
+        try:
+            render_plot(results, out / "latency_throughput.png")
+        except ImportError as exc:
+            log(f"no plot: {exc} (pip install matplotlib, or snakepit-trio[bench])")
+        else:
+            written.append(out / "latency_throughput.png")
+    log("wrote " + ", ".join(str(path) for path in written))
+    return written
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ class Adapter:
         self,
         executable: str | os.PathLike[str],
         script: str | os.PathLike[str] | None = None,
-        script_args: Iterable[str] = (),
+        script_args: Iterable[str | os.PathLike[str] | int] = (),
         *,
         wire: Wire = "auto",
         env: Mapping[str, str] | None = None,
@@ -373,7 +373,7 @@ class PythonAdapter(Adapter):
 
     ``python`` may be another interpreter (3.11+): the worker imports this package's bridge
     and nothing else of this environment; its own packages (msgpack: without it the wire is
-    JSON) are whatever that interpreter has.
+    JSON, and a handler's installed dependencies) are whatever that interpreter has.
 
     ``enhanced=True`` runs ``snakepit_bridge.enhanced:EnhancedCommandHandler`` instead: its
     ``call`` and ``pipeline`` commands import and call any Python code the caller names, so

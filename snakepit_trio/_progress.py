@@ -1,6 +1,7 @@
-"""A small progress display for the command line: a live bar on a terminal, plain lines elsewhere.
+"""A small progress display for the command line: a live bar on a terminal, nothing elsewhere.
 
-Only the CLI and the examples use it; the library itself never writes to a terminal.
+Only the CLI uses it; the library itself never writes to a terminal. Off a terminal (a pipe, a
+file, a CI log) it stays silent: progress lines there are noise that buries the output.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ def use_colour(stream: TextIO) -> bool:
 class Progress:
     """Shows ``done`` of ``total`` for ``label`` on ``stream`` (stderr by default).
 
-    On a terminal it redraws one line in place (at most every 50 ms, and always at the end);
-    otherwise it prints a plain line at every quarter, so logs stay short.
+    On a terminal it redraws one line in place (at most every 50 ms, and always at the end)
+    and erases it on close; anywhere else it writes nothing.
     """
 
     def __init__(
@@ -47,7 +48,6 @@ class Progress:
         self.live = is_terminal(self.stream) if live is None else live
         self.done = 0
         self._drawn_at = 0.0
-        self._quarter = 0
         self._started = time.monotonic()
         self._closed = False
 
@@ -59,12 +59,6 @@ class Progress:
             if now - self._drawn_at >= 0.05 or self.done == self.total:
                 self._drawn_at = now
                 self._draw(note)
-        elif self.total:
-            quarter = 4 * self.done // self.total
-            if quarter > self._quarter:
-                self._quarter = quarter
-                self.stream.write(f"{self.label}: {self.done}/{self.total} ({25 * quarter}%)\n")
-                self.stream.flush()
 
     def _draw(self, note: str) -> None:
         fraction = self.done / self.total if self.total else 1.0

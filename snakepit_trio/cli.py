@@ -18,6 +18,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -37,6 +38,7 @@ import anyio
 import snakepit_trio as sp
 
 from ._adapters import Wire
+from ._config import MAX_SECONDS, validate_size
 from ._progress import Progress, use_colour
 
 __all__ = ["main"]
@@ -141,7 +143,10 @@ def _last_line(text: str) -> str:
 def describe(exc: BaseException, *, debug: bool = False) -> str:
     """The one-line message for ``exc`` (the full text, remote traceback included, on debug)."""
     if debug:
-        return str(exc) or type(exc).__name__
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, sp.CommandError) and exc.traceback:
+            text += "\n--- remote traceback ---\n" + exc.traceback.rstrip()
+        return text
     if isinstance(exc, sp.CommandError):
         kind = f"{exc.error_type}: " if exc.error_type else ""
         return f"the command failed: {kind}{_first_line(exc.message)}"
@@ -157,39 +162,56 @@ def describe(exc: BaseException, *, debug: bool = False) -> str:
 # ---------------------------------------------------------------------------------- adapters
 
 
-def _handler(spec: str, rest: str) -> tuple[str | None, dict[str, str]]:
-    """The handler and environment of ``python:...`` or ``grpc:...`` adapters."""
+def _handler(spec: str, rest: str) -> str | None:
+    """The handler of ``python:...`` or ``grpc:...`` adapters (the adapter checks the rest)."""
     if not rest:
-        return None, {}
+        return None
     target, sep, cls = rest.rpartition(":")
     if not sep or not target or not cls:
         kind = spec.partition(":")[0]
         raise UsageError(f"bad adapter {spec!r}: use {kind}:MODULE:CLASS or {kind}:FILE.py:CLASS")
-    env: dict[str, str] = {}
-    if target.endswith(".py") or os.sep in target:
-        path = Path(target).resolve()
-        if not path.is_file():
-            raise UsageError(f"bad adapter {spec!r}: no such file {target!r}")
-        pythonpath = os.environ.get("PYTHONPATH", "")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(path.parent), pythonpath) if p)
-        target = path.stem
-    return f"{target}:{cls}", env
+    return rest
+
+
+def _exec_program(spec: str, program: str) -> str:
+    """Check the program of an ``exec:`` adapter up front: a clear line beats a failed start."""
+    if os.sep not in program:
+        found = shutil.which(program)
+        if found is None:
+            raise CliError(f"bad adapter {spec!r}: {program!r} is not found on PATH")
+        return found
+    path = Path(program)
+    if not path.exists():
+        raise CliError(f"bad adapter {spec!r}: {program!r}: No such file or directory")
+    if path.is_dir():
+        raise CliError(f"bad adapter {spec!r}: {program!r} is a directory, not a program")
+    if not os.access(path, os.X_OK):
+        raise CliError(
+            f"bad adapter {spec!r}: {program!r} is not executable (Permission denied; "
+            f"chmod +x it, or name its interpreter: exec:python3 {program})"
+        )
+    return program
 
 
 def make_adapter(spec: str, wire: Wire = "auto") -> sp.Adapter:
     """Build the adapter named by ``spec`` (see ``ADAPTER_HELP``)."""
     kind, _, rest = spec.partition(":")
+    try:
+        return _make_adapter(spec, kind, rest, wire)
+    except (TypeError, ValueError) as exc:  # the adapter refused an argument
+        raise UsageError(f"bad adapter {spec!r}: {exc}") from None
+
+
+def _make_adapter(spec: str, kind: str, rest: str, wire: Wire) -> sp.Adapter:
     if kind == "python":
-        handler, env = _handler(spec, rest)
-        return sp.PythonAdapter(handler, wire=wire, env=env)
+        return sp.PythonAdapter(_handler(spec, rest), wire=wire)
     if kind == "grpc":
         grpc_adapter = getattr(sp, "GrpcPythonAdapter", None)
         if grpc_adapter is None:
             raise CliError(f"this snakepit_trio {sp.__version__} has no gRPC adapter")
         if wire != "auto":
             raise UsageError("--wire does not apply to the grpc adapter (it speaks protobuf)")
-        handler, env = _handler(spec, rest)
-        adapter: sp.Adapter = grpc_adapter(handler, env=env)
+        adapter: sp.Adapter = grpc_adapter(_handler(spec, rest))
         return adapter
     if kind == "node":
         node = shutil.which("node")
@@ -205,6 +227,7 @@ def make_adapter(spec: str, wire: Wire = "auto") -> sp.Adapter:
             raise UsageError(f"bad adapter {spec!r}: {exc}") from None
         if not argv:
             raise UsageError("the exec adapter needs a program: exec:/path/to/program")
+        _exec_program(spec, argv[0])
         return sp.Adapter(argv[0], None, argv[1:], wire=wire)
     raise UsageError(f"unknown adapter {spec!r}; use one of: {ADAPTER_HELP}")
 
@@ -223,14 +246,89 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _pool_size(text: str) -> int:
+    """``--workers``: what ``open_pool`` accepts (a typo like 100000 must not fork away)."""
+    size = _positive_int(text)
+    try:
+        return validate_size(size, "--workers")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _seconds(text: str) -> float:
+    """A duration: positive and finite, at most a year (``MAX_SECONDS``, as PoolConfig)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    if not 0 < value <= MAX_SECONDS:  # false for NaN too
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must be a positive number of seconds, at most {MAX_SECONDS:.0f}"
+        )
     return value
+
+
+_SIZE = re.compile(r"(\d+)\s*(?:([kmg])(?:i?b)?|b)?", re.IGNORECASE)
+
+
+def _byte_size(text: str) -> int:
+    """A number of bytes: ``65536``, ``64k``, ``16MiB``, ``1G`` (powers of 1024)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in bytes (like 65536 or 16MiB)")
+    number, unit = match.groups()
+    return int(number) << (10 * " kmg".index(unit.lower()) if unit else 0)
+
+
+def _pool_config(ns: argparse.Namespace) -> sp.PoolConfig:
+    """The pool's configuration from the command line's pool options."""
+    given = {n: getattr(ns, n) for n in _CONFIG_FLAGS if getattr(ns, n, None) is not None}
+    try:
+        return sp.PoolConfig(**given)
+    except (TypeError, ValueError) as exc:  # out of range: say it with the option's name
+        text = str(exc)
+        for name in given:
+            text = text.replace(f"PoolConfig.{name}", "--" + name.replace("_", "-"))
+        raise UsageError(text) from None
+
+
+class _WorkerOutput(logging.Formatter):
+    """The workers' output as the pool relays it, every line marked as ours."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(f"{PROG}: {line}" for line in super().format(record).splitlines())
+
+
+def _is_worker_output(record: logging.LogRecord) -> bool:
+    """The pool's warnings about workers, and the lines workers wrote on stderr (relayed at
+    WARNING, or at INFO on the ``.stderr`` child logger); not the pool's INFO chatter."""
+    return record.levelno >= logging.WARNING or record.name == _STDERR_LOGGER
+
+
+_WORKER_LOGGER = "snakepit_trio.worker"
+_STDERR_LOGGER = _WORKER_LOGGER + ".stderr"
+
+
+def _show_worker_output(debug: bool) -> Callable[[], None]:
+    """Show on stderr what the workers write there (a handler's print()), as the pool relays
+    it on the ``snakepit_trio.worker`` loggers; returns the undo. With --debug the root
+    logger shows everything already."""
+    if debug:
+        return lambda: None
+    worker_log = logging.getLogger(_WORKER_LOGGER)
+    stderr_log = logging.getLogger(_STDERR_LOGGER)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_is_worker_output)
+    handler.setFormatter(_WorkerOutput("%(message)s"))
+    level = stderr_log.level
+    stderr_log.setLevel(logging.INFO)
+    worker_log.addHandler(handler)
+
+    def undo() -> None:
+        worker_log.removeHandler(handler)
+        stderr_log.setLevel(level)
+
+    return undo
 
 
 # ---------------------------------------------------------------------------------- run, stream
@@ -239,16 +337,21 @@ def _seconds(text: str) -> float:
 def cmd_run(ns: argparse.Namespace) -> int:
     adapter = make_adapter(ns.adapter, ns.wire)
     call_args = parse_args_json(ns.args_json)
+    config = _pool_config(ns)
 
     async def go() -> Any:
-        async with sp.open_pool(adapter, size=ns.workers) as pool:
+        async with sp.open_pool(adapter, size=ns.workers, config=config) as pool:
             if ns.session is not None:
                 return await pool.execute_in_session(
                     ns.session, ns.command, call_args, timeout=ns.timeout
                 )
             return await pool.execute(ns.command, call_args, timeout=ns.timeout)
 
-    result = _run_async(go)
+    undo = _show_worker_output(getattr(ns, "debug", False))
+    try:
+        result = _run_async(go)
+    finally:
+        undo()
     print(dumps({"result": result} if ns.json else result, pretty=not ns.json))
     return EXIT_OK
 
@@ -256,18 +359,23 @@ def cmd_run(ns: argparse.Namespace) -> int:
 def cmd_stream(ns: argparse.Namespace) -> int:
     adapter = make_adapter(ns.adapter, ns.wire)
     call_args = parse_args_json(ns.args_json)
+    config = _pool_config(ns)
     started = time.perf_counter()
 
     async def go() -> tuple[int, Any]:
         async with (
-            sp.open_pool(adapter, size=ns.workers) as pool,
+            sp.open_pool(adapter, size=ns.workers, config=config) as pool,
             pool.stream(ns.command, call_args, session_id=ns.session, timeout=ns.timeout) as chunks,
         ):
             async for chunk in chunks:
                 print(dumps({"chunk": chunk} if ns.json else chunk), flush=True)
         return chunks.count, chunks.result
 
-    count, result = _run_async(go)
+    undo = _show_worker_output(getattr(ns, "debug", False))
+    try:
+        count, result = _run_async(go)
+    finally:
+        undo()
     if ns.json:
         print(dumps({"result": result, "chunks": count}))
     else:
@@ -510,11 +618,12 @@ def _percentile(samples: Sequence[float], q: float) -> float:
 def cmd_bench(ns: argparse.Namespace) -> int:
     adapter = make_adapter(ns.adapter, ns.wire)
     command, call_args = ns.command, parse_args_json(ns.args_json)
+    config = _pool_config(ns)
     report: dict[str, Any] = {"adapter": adapter.name, "workers": ns.workers}
 
     async def go() -> None:
         began = time.perf_counter()
-        async with sp.open_pool(adapter, size=ns.workers) as pool:
+        async with sp.open_pool(adapter, size=ns.workers, config=config) as pool:
             report["startup_ms"] = (time.perf_counter() - began) * 1000
             report["wire"] = pool.workers()[0].protocol
             for _ in range(min(50, ns.requests)):  # warm-up
@@ -867,22 +976,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {sp.__version__}")
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
 
-    demo = sub.add_parser("demo", parents=[common], help="a few-second tour of the pool")
-    demo.add_argument(
-        "--workers", type=_positive_int, help="pool size (default: 2 per CPU, 2 to 4)"
+    demo = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="a few-second tour of the pool",
+        description="A few-second tour of the pool: Python workers started concurrently, a "
+        "ping, parallel calls, an error, bytes, a session, a stream and a cancelled one, the "
+        "Node bridge when node is there, then the pool's statistics. Needs nothing but this "
+        "package.",
     )
+    demo.add_argument("--workers", type=_pool_size, help="pool size (default: 2 per CPU, 2 to 4)")
     demo.add_argument("--no-node", action="store_true", help="skip the Node.js part")
     demo.set_defaults(handler=cmd_demo)
 
-    for name, helptext, handler in (
-        ("run", "run one command and print its JSON result", cmd_run),
-        ("stream", "run a streaming command, printing each chunk as a JSON line", cmd_stream),
+    for name, helptext, what, handler in (
+        ("run", "run one command and print its JSON result", "print its result", cmd_run),
+        (
+            "stream",
+            "run a streaming command, printing each chunk as a JSON line",
+            "print each chunk as a JSON line",
+            cmd_stream,
+        ),
     ):
         p = sub.add_parser(
             name,
             parents=[common],
             help=helptext,
-            description=f'{helptext}. Bytes travel as {{"__bytes__": base64}} both ways.',
+            description=f"Start a pool of ADAPTER workers, run COMMAND on it and {what}. "
+            'Bytes travel as {"__bytes__": base64} both ways. What the workers write on '
+            "stderr (a handler's print()) shows on stderr.",
         )
         p.add_argument("adapter", metavar="ADAPTER", help=ADAPTER_HELP)
         p.add_argument("command", metavar="COMMAND", help="the command name, e.g. ping")
@@ -900,7 +1022,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.set_defaults(handler=handler)
 
-    bench = sub.add_parser("bench", parents=[common], help="a quick latency and throughput table")
+    bench = sub.add_parser(
+        "bench",
+        parents=[common],
+        help="a quick latency and throughput table",
+        description="Time COMMAND on a fresh pool: sequential requests (latency), then a "
+        "burst from concurrent callers (throughput). A quick look; the full suite with "
+        "baselines is bench/run.py in the source tree.",
+    )
     bench.add_argument("--adapter", default="python", metavar="ADAPTER", help=ADAPTER_HELP)
     _pool_options(bench, workers=2)
     bench.add_argument("--command", default="echo", help="the command to time (default: echo)")
@@ -912,7 +1041,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=cmd_bench)
 
     doctor = sub.add_parser(
-        "doctor", parents=[common], help="check this machine; exit 1 if something essential fails"
+        "doctor",
+        parents=[common],
+        help="check this machine; exit 1 if something essential fails",
+        description="Check Python, the dependencies, Node.js and its MessagePack package, the "
+        "gRPC extra and the socket directory, then start real Python, Node and gRPC workers. "
+        "Each failed check says how to fix it; exit 1 if something essential fails.",
     )
     doctor.add_argument("--json", action="store_true", help="machine output")
     doctor.set_defaults(handler=cmd_doctor)
@@ -921,6 +1055,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep",
         parents=[common],
         help="find (and with --kill, kill) orphaned workers of dead pools",
+        description="List worker processes whose pool is gone (a pool SIGKILLed before its "
+        "workers' lifeline fired), verified by their run id and start time; --kill kills them.",
     )
     sweep.add_argument("--kill", action="store_true", help="kill them (default: a dry run)")
     sweep.add_argument("--json", action="store_true", help="machine output")
@@ -928,9 +1064,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# PoolConfig fields the pool options set: flag --startup-timeout sets startup_timeout.
+_CONFIG_FLAGS = {
+    "startup_timeout": "how long to wait for the workers to start (default 10 s; the "
+    "pool starts with those ready by then)",
+    "worker_init_timeout": "bound on one worker's start, handler construction included "
+    "(default 20 s: raise it for a handler that loads a model)",
+    "negotiation_timeout": "how long a worker may take to answer protocol negotiation "
+    "(default 5 s)",
+    "command_timeout": "default bound on a call when --timeout is not given (default 30 s)",
+    "max_frame_size": "largest message either side may send, in bytes: 65536, 16MiB, 1G "
+    "(default 64MiB, at most 4GiB - 1)",
+}
+
+
 def _pool_options(p: argparse.ArgumentParser, *, workers: int) -> None:
     p.add_argument(
-        "--workers", type=_positive_int, default=workers, help=f"pool size (default {workers})"
+        "--workers", type=_pool_size, default=workers, help=f"pool size (default {workers})"
     )
     p.add_argument(
         "--wire",
@@ -938,6 +1088,13 @@ def _pool_options(p: argparse.ArgumentParser, *, workers: int) -> None:
         default="auto",
         help="codec: negotiate (default), or force JSON or MessagePack",
     )
+    for name, helptext in _CONFIG_FLAGS.items():
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=_byte_size if name == "max_frame_size" else _seconds,
+            metavar="BYTES" if name == "max_frame_size" else "S",
+            help=helptext,
+        )
 
 
 # ---------------------------------------------------------------------------------- main

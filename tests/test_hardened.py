@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -77,3 +80,44 @@ def test_parent_sigkilled_escaped_and_stubborn_descendants_die() -> None:
         parent.kill()
         for pid in pids:
             kill_quietly(pid)
+
+
+@pytest.mark.anyio
+async def test_the_worker_dies_with_a_killed_nanny_and_is_replaced() -> None:
+    async with sp.open_pool(sp.PythonAdapter(TESTING), size=1, config=HARDENED) as pool:
+        nanny = pool.workers()[0].pid
+        worker = (await pool.execute("getpid"))["pid"]
+        assert nanny is not None and worker != nanny
+        os.kill(nanny, signal.SIGKILL)
+        try:
+            assert wait_dead([worker], 2.0) == []  # its death signal: SIGKILL, at once
+            with anyio.fail_after(20):
+                while True:
+                    with contextlib.suppress(sp.WorkerCrashed):
+                        replacement = (await pool.execute("getpid"))["pid"]
+                        break
+            assert replacement != worker
+            pids = [replacement, *(w.pid for w in pool.workers() if w.pid is not None)]
+        finally:
+            kill_quietly(worker)
+    assert wait_dead([nanny, worker, *pids], 3.0) == []
+
+
+@pytest.mark.anyio
+async def test_a_killed_nanny_leaves_nothing_of_the_worker_group_after_the_block() -> None:
+    async with sp.open_pool(sp.PythonAdapter(TESTING), size=1, config=HARDENED) as pool:
+        nanny = pool.workers()[0].pid
+        worker = (await pool.execute("getpid"))["pid"]
+        child = (await pool.execute("spawn_child"))["pid"]  # in the worker's process group
+        assert nanny is not None and pid_alive(child)
+        os.kill(nanny, signal.SIGKILL)
+        try:
+            assert wait_dead([worker], 2.0) == []
+        finally:
+            kill_quietly(worker)
+    # The worker's lifeline watcher outlives the worker while its group is not empty, and
+    # kills the group once the pool lets go of the lifeline.
+    try:
+        assert wait_dead([nanny, worker, child], 3.0) == []
+    finally:
+        kill_quietly(child)

@@ -16,10 +16,13 @@ from typing import Any
 import pytest
 
 _BRIDGE_DIR = Path(__file__).resolve().parents[2] / "bridges" / "python"
+_HANDLERS_DIR = Path(__file__).resolve().parents[1] / "handlers"
 if str(_BRIDGE_DIR) not in sys.path:
     sys.path.insert(0, str(_BRIDGE_DIR))
 
 from snakepit_bridge.protocol import JSON, MSGPACK, FrameDecoder, encode_frame  # noqa: E402
+from snakepit_bridge.protocol.codecs import JsonCodec  # noqa: E402
+from snakepit_bridge.protocol.framing import DEFAULT_MAX_FRAME_SIZE  # noqa: E402
 from snakepit_bridge.protocol.messages import (  # noqa: E402
     BridgeEvent,
     Cancel,
@@ -36,6 +39,13 @@ from snakepit_bridge.protocol.messages import (  # noqa: E402
 
 TESTING = "snakepit_bridge.testing:TestingHandler"
 TIMEOUT = 5.0
+
+
+class _NonFiniteJson(JsonCodec):
+    """The JSON codec, but sending NaN and infinities (as a hostile caller could)."""
+
+    def encode(self, value: Any) -> bytes:
+        return json.dumps(value, allow_nan=True).encode()
 
 
 def _alive(pid: int) -> bool:
@@ -68,10 +78,11 @@ class Bridge:
         env: dict[str, str] | None = None,
         pass_fds: tuple[int, ...] = (),
         grace: float | None = None,
+        max_frame_size: int | None = None,
     ) -> None:
         environ = dict(os.environ, **(env or {}))
         environ["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(_BRIDGE_DIR), environ.get("PYTHONPATH")) if p
+            p for p in (str(_BRIDGE_DIR), str(_HANDLERS_DIR), environ.get("PYTHONPATH")) if p
         )
         self.stderr_path = tmp_path / f"stderr-{time.monotonic_ns()}.txt"
         with open(self.stderr_path, "wb") as stderr:
@@ -90,18 +101,23 @@ class Bridge:
         self._events: deque[BridgeEvent] = deque()
         self._next_id = 1
         self.selected: ProtocolSelected | None = None
+        limit = max_frame_size or DEFAULT_MAX_FRAME_SIZE
         if offer is None:  # started with an explicit --protocol: no negotiation frame
             codec = MSGPACK if "msgpack" in args else JSON
         else:
-            self.selected = self._negotiate(offer, grace)
+            self.selected = self._negotiate(offer, grace, max_frame_size)
             codec = MSGPACK if self.selected.protocol == "msgpack" else JSON
-        self.conn = ClientConnection(codec)
+        self.conn = ClientConnection(codec, limit)  # a frame over the limit fails the test
 
     # -- plumbing
-    def _negotiate(self, offer: tuple[str, ...], grace: float | None) -> ProtocolSelected:
-        negotiation = ProtocolNegotiation(supported=offer, preferred=offer[0], grace=grace)
+    def _negotiate(
+        self, offer: tuple[str, ...], grace: float | None, max_frame_size: int | None
+    ) -> ProtocolSelected:
+        negotiation = ProtocolNegotiation(
+            supported=offer, preferred=offer[0], grace=grace, max_frame_size=max_frame_size
+        )
         self.write(encode_frame(JSON.encode(negotiation.to_wire())))
-        decoder = FrameDecoder()
+        decoder = FrameDecoder(max_frame_size or DEFAULT_MAX_FRAME_SIZE)
         frames: list[bytes] = []
         while not frames:
             frames = decoder.feed(self._read_some())
@@ -120,7 +136,9 @@ class Bridge:
         return data
 
     def write(self, data: bytes) -> None:
-        os.write(self._in, data)
+        view = memoryview(data)
+        while view:  # a big frame may go out in parts
+            view = view[os.write(self._in, view) :]
 
     def send(self, *messages: Request | Cancel | Credit | Shutdown) -> None:
         frames = b""
@@ -213,7 +231,10 @@ def test_negotiation_selects_msgpack_and_announces_features(start: Any) -> None:
     info = selected.info
     assert info["bridge"] == "snakepit_bridge" and info["language"] == "python"
     assert info["pid"] == bridge.proc.pid
-    assert {"ping", "echo", "compute", "info", "crash", "count_stream"} <= set(info["commands"])
+    # Negotiation is answered before the handler is built: it is named, its commands are not.
+    assert info["handler"] == TESTING
+    commands = bridge.result("info")["bridge_info"]["supported_commands"]
+    assert {"ping", "echo", "compute", "info", "crash", "count_stream"} <= set(commands)
 
 
 def test_start_up_imports_stay_light(start: Any) -> None:
@@ -291,6 +312,54 @@ def test_generic_demo_commands_return_their_chunks_as_a_list(start: Any) -> None
     assert isinstance(final.result["final_model_path"], str)
 
 
+@pytest.mark.parametrize("target", ["secret-file", "/proc/self/environ"])
+def test_tail_and_analyze_reads_no_file(start: Any, tmp_path: Path, target: str) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("ERROR SECRET-MARKER-1234\n")
+    path = str(secret) if target == "secret-file" else target
+    bridge = start(env={"SNAKEPIT_TEST_SECRET": "SECRET-MARKER-1234"})
+    for stream in (False, True):
+        bridge.send(request := bridge.request("tail_and_analyze", {"path": path}, stream=stream))
+        chunks, response = bridge.response(request.id)
+        assert chunks == [] and not response.success and response.error_type == "ValueError"
+        assert "does not read files" in (response.error or "")
+        assert "SECRET-MARKER" not in repr(response)
+    generated = bridge.result("tail_and_analyze", {"count": 7})  # demo data, made up
+    assert len(generated) == 7 and {c["severity"] for c in generated} >= {"ERROR", "INFO"}
+
+
+@pytest.mark.parametrize(
+    ("command", "args"),
+    [
+        ("ping_stream", {"count": 10**9, "interval": 0}),
+        ("ping_stream", {"count": 2, "interval": float("nan")}),
+        ("ping_stream", {"count": 2, "interval": float("inf")}),
+        ("process_large_dataset", {"total_rows": 10**12, "chunk_size": 1}),
+        ("batch_inference", {"items": [0] * 100_001}),
+        ("batch_inference", {"items": ["a"], "delay": 1e9}),
+        ("tail_and_analyze", {"count": 10**9}),
+        ("tail_and_analyze", {"lines": ["x"] * 100_001}),
+        ("distributed_training", {"epochs": 10**9}),
+        ("sleep", {"seconds": float("nan")}),
+        ("sleep", {"seconds": 1e12}),
+        ("sleep", {"seconds": -1}),
+        ("compute", {"operation": "power", "a": 2, "b": 10**12}),
+        ("compute", {"operation": "power", "a": -3, "b": 10**9}),
+        ("compute", {"operation": "multiply", "a": "x", "b": 10**12}),
+        ("compute", {"operation": "multiply", "a": [0], "b": 10**12}),
+    ],
+)
+def test_builtins_refuse_unbounded_work_at_once(
+    start: Any, command: str, args: dict[str, Any]
+) -> None:
+    """A caller's huge count, size or delay is refused before any work (no OOM, no hang)."""
+    bridge = start(offer=("json",))  # JSON carries NaN and infinities in
+    bridge.conn = ClientConnection(_NonFiniteJson(), DEFAULT_MAX_FRAME_SIZE)
+    response = bridge.call(command, args)
+    assert not response.success and response.error_type in ("ValueError", "TypeError")
+    assert bridge.result("compute", {"operation": "power", "a": 2, "b": 64})["result"] == 2**64
+
+
 def test_bytes_round_trip_in_msgpack(start: Any) -> None:
     bridge = start()
     blob = os.urandom(1 << 20)
@@ -298,9 +367,14 @@ def test_bytes_round_trip_in_msgpack(start: Any) -> None:
 
 
 def test_unknown_command(start: Any) -> None:
-    response = start().call("no_such_command")
+    bridge = start()
+    response = bridge.call("no_such_command")
     assert not response.success and response.error_type == "UnsupportedCommand"
-    assert "no_such_command" in (response.error or "")
+    assert response.error == "Unknown command: 'no_such_command'"
+    response = bridge.call("comput")
+    assert response.error == "Unknown command: 'comput' (did you mean: compute?)"
+    response = bridge.call("x" * 1_000_000)  # no quadratic matching, no megabyte echo
+    assert response.error == "Unknown command (a name of 1000000 characters)"
 
 
 def test_handler_exception_carries_type_and_traceback(start: Any) -> None:
@@ -524,3 +598,203 @@ def test_stdin_eof_with_the_pool_alive_leaves_the_group_alone(start: Any) -> Non
     finally:
         os.close(write_end)
         os.kill(child, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------- start-up order
+
+
+def _line_of(path: Path, text: str) -> int:
+    """The 1-based number of the first line of ``path`` holding ``text``."""
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if text in line:
+            return number
+    raise AssertionError(f"{text!r} not in {path}")
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["negotiated", "explicit-protocol"])
+def test_the_handler_is_built_after_negotiation_is_answered(start: Any, explicit: bool) -> None:
+    """A constructor that has not finished holds back requests, never the negotiation reply.
+
+    The constructor blocks on a pipe until the test writes to it: no timing involved. Had the
+    bridge built the handler first, ``start`` would find no negotiation reply at all.
+    """
+    gate_read, gate_write = os.pipe()
+    try:
+        kw: dict[str, Any] = {"offer": None} if explicit else {}
+        args = ("--protocol", "msgpack") if explicit else ()
+        bridge = start(
+            *args,
+            handler="init_handlers:GatedInitHandler",
+            env={"INIT_GATE_FD": str(gate_read)},
+            pass_fds=(gate_read,),
+            **kw,
+        )
+        os.close(gate_read)
+        gate_read = -1
+        if not explicit:
+            assert bridge.selected.protocol == "msgpack"
+        bridge.send(request := bridge.request("built"))
+        ready, _, _ = select([bridge.proc.stdout], [], [], 0.3)
+        assert not ready  # nothing can answer while the handler is being built
+        os.write(gate_write, b"go")
+        assert bridge.response(request.id)[1].result == {"built": True}
+        assert bridge.result("ping")["status"] == "ok"
+    finally:
+        os.close(gate_write)
+        if gate_read >= 0:
+            os.close(gate_read)
+
+
+@pytest.mark.parametrize(
+    ("handler", "module", "raising_line", "missing"),
+    [
+        (
+            "bad_import:Handler",
+            "bad_import.py",
+            'open(MISSING_MODEL, "rb")',
+            "/nonexistent/snakepit-test/model-weights.bin",
+        ),
+        (
+            "init_handlers:RaisingInitHandler",
+            "init_handlers.py",
+            "open(path, encoding",
+            "/nonexistent/snakepit-test/handler-config.toml",
+        ),
+    ],
+    ids=["import", "constructor"],
+)
+@pytest.mark.parametrize("explicit", [False, True], ids=["negotiated", "explicit-protocol"])
+def test_a_handler_that_cannot_load_answers_the_first_request_with_the_cause(
+    start: Any, handler: str, module: str, raising_line: str, missing: str, explicit: bool
+) -> None:
+    kw: dict[str, Any] = {"offer": None} if explicit else {}
+    args = ("--protocol", "json") if explicit else ()
+    bridge = start(*args, handler=handler, **kw)  # negotiation is answered all the same
+    response = bridge.call("ping")
+    assert not response.success and response.error_type == "FileNotFoundError"
+    error = response.error or ""
+    line = _line_of(_HANDLERS_DIR / module, raising_line)
+    assert error.startswith(f"cannot load handler {handler!r}: FileNotFoundError: ")
+    assert missing in error  # the path it could not open (the exception's repr loses it)
+    assert f'{module}", line {line}' in error  # where: file and line
+    assert bridge.wait() == 1
+    stderr = bridge.stderr
+    assert "Traceback (most recent call last)" in stderr and missing in stderr
+    assert f'{module}", line {line}' in stderr
+
+
+def test_a_handler_that_cannot_load_exits_1_at_stdin_eof(start: Any) -> None:
+    bridge = start(handler="bad_import:Handler")
+    bridge.close_stdin()  # the pool closed before its init ping: no wait for a request
+    assert bridge.wait() == 1
+    assert "model-weights.bin" in bridge.stderr
+
+
+def test_a_handler_file_path_is_accepted(start: Any) -> None:
+    bridge = start(
+        handler=str(_HANDLERS_DIR / "init_handlers.py") + ":SlowInitHandler",
+        env={"SLOW_INIT_SECONDS": "0"},
+    )
+    assert bridge.result("ping")["status"] == "ok"
+
+
+# ---------------------------------------------------------------------- unsendable responses
+
+LIMIT = 64 * 1024  # negotiated: the sizes below are big on purpose, whatever the checkout path
+
+
+@pytest.fixture(params=["msgpack", "json"])
+def output_bridge(request: pytest.FixtureRequest, start: Any) -> Bridge:
+    bridge: Bridge = start(
+        handler="output_handlers:OutputHandler", offer=(request.param,), max_frame_size=LIMIT
+    )
+    return bridge
+
+
+def _codec_name(bridge: Bridge) -> str:
+    assert bridge.selected is not None
+    return "MessagePack" if bridge.selected.protocol == "msgpack" else "JSON"
+
+
+def test_a_result_over_the_frame_limit_becomes_a_short_error(output_bridge: Bridge) -> None:
+    response = output_bridge.call("big_result", {"size": 2 * LIMIT})
+    assert not response.success and response.error_type == "ProtocolError"
+    assert response.error is not None and response.error.startswith("cannot send the result: ")
+    assert f"over the frame limit of {LIMIT} bytes (max_frame_size)" in response.error
+    assert output_bridge.result("ping")["status"] == "ok"
+
+
+def test_an_error_with_a_huge_traceback_keeps_its_message_and_the_traceback_tail(
+    output_bridge: Bridge,
+) -> None:
+    response = output_bridge.call("big_traceback", {"size": 4 * LIMIT})
+    assert not response.success
+    assert (response.error, response.error_type) == ("the short message at the end", "RuntimeError")
+    traceback = response.traceback or ""
+    assert len(traceback) < 10_000 and "characters of traceback cut" in traceback
+    assert traceback.rstrip().endswith("RuntimeError: the short message at the end")
+    assert output_bridge.result("ping")["status"] == "ok"
+
+
+def test_an_error_with_a_huge_message_is_cut_and_keeps_its_type(output_bridge: Bridge) -> None:
+    response = output_bridge.call("big_message", {"size": 2 * LIMIT})
+    assert not response.success and response.error_type == "ValueError"
+    error = response.error or ""
+    assert error.startswith("MMMM") and len(error) < 3000
+    assert f"[error message cut: it was {2 * LIMIT} characters]" in error
+    assert output_bridge.result("ping")["status"] == "ok"
+
+
+@pytest.mark.parametrize("kind", ["datetime", "decimal"])
+def test_an_unencodable_result_names_the_type_and_its_path(
+    output_bridge: Bridge, kind: str
+) -> None:
+    response = output_bridge.call("unencodable", {"kind": kind})
+    assert not response.success and response.error_type == "TypeError"
+    type_name = {"datetime": "datetime.datetime", "decimal": "decimal.Decimal"}[kind]
+    assert response.error == (
+        f"cannot send the result: result['a'][3] is a {type_name}, "
+        f"which {_codec_name(output_bridge)} cannot encode"
+    )
+    assert output_bridge.result("ping")["status"] == "ok"
+
+
+def test_a_lone_surrogate_is_named(output_bridge: Bridge) -> None:
+    response = output_bridge.call("bad_text")
+    assert not response.success and response.error_type == "UnicodeEncodeError"
+    assert "result['text'] is a str with a lone surrogate" in (response.error or "")
+    assert output_bridge.result("ping")["status"] == "ok"
+
+
+def test_a_json_map_key_that_is_not_a_string_is_named(start: Any) -> None:
+    bridge = start(handler="output_handlers:OutputHandler", offer=("json",))
+    response = bridge.call("unencodable_key")
+    assert not response.success and response.error_type == "TypeError"
+    assert "result['fine'][(1, 2)] is a key of type tuple" in (response.error or "")
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "why"),
+    [
+        ("big_chunk", {"size": 2 * LIMIT}, f"over the frame limit of {LIMIT} bytes"),
+        ("unencodable_chunk", {}, "data['when'] is a datetime.date, which"),
+    ],
+    ids=["too-big", "unencodable"],
+)
+def test_a_chunk_that_cannot_be_sent_ends_its_stream_with_an_error(
+    output_bridge: Bridge, command: str, args: dict[str, Any], why: str
+) -> None:
+    request = output_bridge.request(command, args, stream=True)
+    output_bridge.send(request)
+    chunks, response = output_bridge.response(request.id)
+    assert chunks == [{"small": True}]
+    assert not response.success and (response.error or "").startswith("cannot send chunk 1: ")
+    assert why in (response.error or "") and response.traceback is None
+    assert output_bridge.result("ping")["status"] == "ok"
+
+
+def test_a_tiny_frame_limit_still_gets_a_negotiation_reply_and_errors(start: Any) -> None:
+    bridge = start(max_frame_size=120)  # too small for the full reply, or for a ping result
+    assert bridge.selected.protocol == "msgpack" and bridge.selected.info == {}
+    response = bridge.call("ping")
+    assert not response.success and "cannot send the result" in (response.error or "")

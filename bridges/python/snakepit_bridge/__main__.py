@@ -19,7 +19,8 @@ Serve a command handler over stdin/stdout with the snakepit-trio wire protocol.
 options:
   --mode pool-worker      the only mode (accepted for Snakepit v0.3 compatibility)
   --protocol PROTOCOL     auto (default: the first frame negotiates), json or msgpack
-  --handler MODULE:CLASS  a BaseCommandHandler subclass (default: the generic handler)
+  --handler MODULE:CLASS  a BaseCommandHandler subclass (default: the generic handler);
+                          MODULE may be a path/to/file.py
   --max-concurrency N     requests the pool may pipeline (default: 64)
   --transport TRANSPORT   stdio (default) or grpc: serve gRPC, print "READY <address>"
   --listen unix|tcp       gRPC only: a private Unix socket (default) or 127.0.0.1:<free port>
@@ -82,22 +83,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "help" in options:
         sys.stdout.write(USAGE)
         return
-    from .handler import load_handler
-    from .server import ProtocolHandler
-
-    try:
-        handler = load_handler(options["handler"] or None)
-    except Exception as exc:
-        sys.stderr.write(f"snakepit_bridge: cannot load handler {options['handler']!r}: {exc!r}\n")
-        sys.exit(1)
+    # Either server builds the handler itself, once its transport is set up: the stdio one after
+    # answering negotiation (see server.py), the gRPC one once its socket listens.
     if options["transport"] == "grpc":  # the gRPC worker: see grpc_server.py
         from .grpc_server import serve
 
         concurrency = int(options["max_concurrency"])
-        _exit(serve(handler, listen=options["listen"], max_concurrency=concurrency))
+        _exit(
+            serve(options["handler"] or None, listen=options["listen"], max_concurrency=concurrency)
+        )
         return
+    from .server import ProtocolHandler
+
     server = ProtocolHandler(
-        handler, options["protocol"], max_concurrency=int(options["max_concurrency"])
+        options["handler"] or None,
+        options["protocol"],
+        max_concurrency=int(options["max_concurrency"]),
     )
     _exit(server.run())
 

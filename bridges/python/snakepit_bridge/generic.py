@@ -2,6 +2,12 @@
 
 Every streaming demo is a generator, so it streams when asked for a stream and returns the list
 of its chunks otherwise. Delays are cooperative: a cancelled request stops within ~5 ms.
+
+Whoever can send commands to a worker controls every argument, so the demos work on generated
+data or on what the request carries, never on files, the environment or other processes; and
+every count, size and delay is bounded (``MAX_ITEMS`` chunks or items, ``MAX_DELAY`` seconds
+between chunks, ``MAX_SLEEP`` seconds of ``sleep``), so one request cannot take the worker's
+memory or hold it forever. An argument out of bounds raises ``ValueError``.
 """
 
 from __future__ import annotations
@@ -16,8 +22,14 @@ if TYPE_CHECKING:
     from collections.abc import Generator
     from typing import Any
 
-__all__ = ["GenericCommandHandler", "pause"]
+__all__ = ["MAX_DELAY", "MAX_ITEMS", "MAX_SLEEP", "GenericCommandHandler", "pause"]
 
+#: The most chunks a demo produces, and the most items or lines it takes.
+MAX_ITEMS = 100_000
+#: The longest ``delay``/``interval`` between two chunks, in seconds.
+MAX_DELAY = 60.0
+#: The longest ``sleep``, in seconds.
+MAX_SLEEP = 3600.0
 _TICK = 0.005
 _SAMPLE_LOG = (
     "INFO: Application started",
@@ -40,17 +52,29 @@ def pause(seconds: float) -> None:
         time.sleep(min(_TICK, left))
 
 
-def _number(args: dict[str, Any], key: str, default: float) -> float:
+def _number(args: dict[str, Any], key: str, default: float, maximum: float = MAX_DELAY) -> float:
+    """A number of seconds between 0 and ``maximum`` (NaN and infinities refused)."""
     value = args.get(key, default)
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"argument {key!r} must be a number, not {type(value).__name__}")
+    if not 0 <= value <= maximum:  # NaN fails this too
+        raise ValueError(f"argument {key!r} must be between 0 and {maximum:g}, not {value!r}")
     return value
 
 
-def _count(args: dict[str, Any], key: str, default: int) -> int:
+def _count(args: dict[str, Any], key: str, default: int, maximum: int = MAX_ITEMS) -> int:
     value = args.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"argument {key!r} must be a non-negative integer")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
+        raise ValueError(f"argument {key!r} must be an integer between 0 and {maximum}")
+    return value
+
+
+def _list(args: dict[str, Any], key: str, default: list[Any]) -> list[Any]:
+    value = args.get(key, default)
+    if not isinstance(value, list):
+        raise TypeError(f"argument {key!r} must be a list, not {type(value).__name__}")
+    if len(value) > MAX_ITEMS:
+        raise ValueError(f"argument {key!r} has {len(value)} items, over {MAX_ITEMS}")
     return value
 
 
@@ -76,8 +100,9 @@ class GenericCommandHandler(BaseCommandHandler):
         self.register_command("distributed_training", self.handle_distributed_training)
 
     def handle_sleep(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Sleep ``seconds``; cooperatively (cancellable) unless ``cooperative`` is false."""
-        seconds = _number(args, "seconds", 0.1)
+        """Sleep ``seconds`` (at most ``MAX_SLEEP``); cooperatively (cancellable) unless
+        ``cooperative`` is false (then only the pool's cancel ladder ends it early)."""
+        seconds = _number(args, "seconds", 0.1, MAX_SLEEP)
         started = time.monotonic()
         if args.get("cooperative", True):
             pause(seconds)
@@ -105,9 +130,8 @@ class GenericCommandHandler(BaseCommandHandler):
         self, args: dict[str, Any]
     ) -> Generator[dict[str, Any], None, dict[str, Any]]:
         """One made-up prediction per item of ``items`` (or ``batch_items``), ``delay`` apart."""
-        items = args.get("items", args.get("batch_items", ["item1", "item2", "item3"]))
-        if not isinstance(items, list):
-            raise TypeError("'items' must be a list")
+        key = "items" if "items" in args or "batch_items" not in args else "batch_items"
+        items = _list(args, key, ["item1", "item2", "item3"])
         delay = _number(args, "delay", 0.0)
         total = len(items)
         for i, item in enumerate(items):
@@ -126,9 +150,16 @@ class GenericCommandHandler(BaseCommandHandler):
     def handle_process_large_dataset(
         self, args: dict[str, Any]
     ) -> Generator[dict[str, Any], None, dict[str, Any]]:
-        """Walk ``total_rows`` rows (default 1000) in chunks of ``chunk_size`` (default 100)."""
-        total_rows = _count(args, "total_rows", 1000)
-        chunk_size = max(1, _count(args, "chunk_size", 100))
+        """Walk ``total_rows`` rows (default 1000) in chunks of ``chunk_size`` (default 100).
+
+        The rows are only counted (no data is made); at most ``MAX_ITEMS`` chunks.
+        """
+        total_rows = _count(args, "total_rows", 1000, maximum=1 << 62)
+        chunk_size = max(1, _count(args, "chunk_size", 100, maximum=1 << 62))
+        if -(-total_rows // chunk_size) > MAX_ITEMS:
+            raise ValueError(
+                f"{total_rows} rows in chunks of {chunk_size} make more than {MAX_ITEMS} chunks"
+            )
         delay = _number(args, "delay", 0.0)
         processed = 0
         chunk_number = 0
@@ -150,17 +181,22 @@ class GenericCommandHandler(BaseCommandHandler):
     def handle_tail_and_analyze(
         self, args: dict[str, Any]
     ) -> Generator[dict[str, Any], None, dict[str, Any]]:
-        """Classify log lines from ``lines`` or the file ``path`` (at most ``count`` lines)."""
-        lines = args.get("lines")
-        path = args.get("path")
-        if lines is None and isinstance(path, str):
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                lines = handle.read().splitlines()
-        if lines is None:
-            lines = list(_SAMPLE_LOG)
-        if not isinstance(lines, list):
-            raise TypeError("'lines' must be a list of strings")
-        count = _count(args, "count", len(lines))
+        """Classify the log lines ``lines`` (default: ``count`` generated sample lines).
+
+        It never reads a file: a ``path`` argument (Snakepit v0.3 read any file it named, for
+        whoever asked) is refused with ``ValueError``.
+        """
+        if "path" in args:
+            raise ValueError(
+                "tail_and_analyze does not read files: a caller must not choose what the "
+                "worker reads. Pass the log lines themselves as 'lines' (a list of strings)"
+            )
+        if "lines" in args:
+            lines = _list(args, "lines", [])
+            count = _count(args, "count", len(lines))
+        else:
+            count = _count(args, "count", len(_SAMPLE_LOG))
+            lines = [_SAMPLE_LOG[i % len(_SAMPLE_LOG)] for i in range(count)]
         delay = _number(args, "delay", 0.0)
         counts: dict[str, int] = {}
         for number, line in enumerate(lines[:count], 1):
@@ -182,7 +218,10 @@ class GenericCommandHandler(BaseCommandHandler):
     def handle_distributed_training(
         self, args: dict[str, Any]
     ) -> Generator[dict[str, Any], None, dict[str, Any]]:
-        """Pretend to train for ``epochs`` epochs (default 5), ``delay`` seconds each."""
+        """Pretend to train for ``epochs`` epochs (default 5), ``delay`` seconds each.
+
+        ``final_model_path`` is made up, as in Snakepit v0.3: nothing is written.
+        """
         epochs = _count(args, "epochs", 5)
         delay = _number(args, "delay", 0.0)
         val_acc = 0.0

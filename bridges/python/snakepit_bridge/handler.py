@@ -24,6 +24,13 @@ Start a worker with it: ``python -m snakepit_bridge --handler mypkg.mymod:MyHand
 does this for ``PythonAdapter(handler="mypkg.mymod:MyHandler")``). The class is instantiated
 once per worker process, so it may keep state (models, caches) between requests.
 
+The worker imports and builds the handler only after it has answered the pool's protocol
+negotiation, so a slow constructor (a model load) is bounded by the pool's
+``worker_init_timeout`` (20 s by default), not by its short ``negotiation_timeout``. If the
+import or the constructor raises, the worker prints the whole traceback on stderr and answers
+the pool's first request with the exception and the file and line that raised it; the pool's
+``StartupError`` shows both.
+
 Rules:
 
 - A handler takes one argument, ``args`` (the request's argument map), and returns something
@@ -43,7 +50,11 @@ Rules:
 - ``print()`` is safe: the worker's stdout carries frames, so ``sys.stdout`` and file
   descriptor 1 are pointed at stderr before any handler runs.
 - The built-in commands ``ping``, ``echo``, ``compute`` and ``info`` are always there; register
-  a command of the same name to override one.
+  a command of the same name to override one. They touch no file, no environment variable and
+  no other process, and bound their work (``compute`` refuses an integer power of more than
+  65536 bits).
+- A command the handler does not have is answered ``Unknown command: 'name'`` with the close
+  matches, if any (``(did you mean: compute?)``).
 """
 
 from __future__ import annotations
@@ -61,9 +72,17 @@ if TYPE_CHECKING:
 
     CommandFunction: TypeAlias = Callable[[dict[str, Any]], Any]
 
-__all__ = ["BaseCommandHandler", "load_handler"]
+__all__ = [
+    "BaseCommandHandler",
+    "load_failure_message",
+    "load_handler",
+    "unknown_command_message",
+]
 
 _OPERATIONS = ("add", "subtract", "multiply", "divide", "power", "sqrt")
+# ``compute power`` refuses integer results longer than this many bits (a caller's
+# ``2 ** 10**12`` would take the worker's memory and minutes of CPU).
+_MAX_POWER_BITS = 1 << 16
 
 
 class BaseCommandHandler:
@@ -117,7 +136,7 @@ class BaseCommandHandler:
         """Run ``command`` synchronously (Snakepit v0.3 compatibility; servers do more)."""
         function = self._commands.get(command)
         if function is None:
-            raise KeyError(f"Unknown command: {command}")
+            raise KeyError(unknown_command_message(command, list(self._commands)))
         self.request_count += 1
         return function(args)
 
@@ -142,13 +161,16 @@ class BaseCommandHandler:
         return {"status": "ok", "echoed": args, "timestamp": time.time()}
 
     def handle_compute(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Arithmetic on ``a`` and ``b``: add, subtract, multiply, divide, power, sqrt (of a).
+        """Arithmetic on the numbers ``a`` and ``b``: add, subtract, multiply, divide, power,
+        sqrt (of a).
 
-        A bad operation raises ``ValueError``; dividing by zero raises ``ZeroDivisionError``.
+        A bad operation raises ``ValueError``, an operand that is not a number ``TypeError``;
+        dividing by zero raises ``ZeroDivisionError``. An integer power whose result would
+        exceed 65536 bits raises ``ValueError`` (it would cost unbounded memory and CPU).
         """
         operation = args.get("operation", "add")
-        a = args.get("a", 0)
-        b = args.get("b", 0)
+        a = _operand(args, "a")
+        b = _operand(args, "b")
         result: Any
         if operation == "add":
             result = a + b
@@ -159,6 +181,14 @@ class BaseCommandHandler:
         elif operation == "divide":
             result = a / b
         elif operation == "power":
+            if (
+                isinstance(a, int)
+                and isinstance(b, int)
+                and b > 0
+                and abs(a) > 1
+                and (abs(a).bit_length() - 1) * b > _MAX_POWER_BITS
+            ):
+                raise ValueError(f"power: the result would exceed {_MAX_POWER_BITS} bits")
             result = a**b
         elif operation == "sqrt":
             if a < 0:
@@ -201,20 +231,115 @@ class BaseCommandHandler:
         }
 
 
+def _operand(args: dict[str, Any], key: str) -> int | float:
+    value = args.get(key, 0)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"compute: {key!r} must be a number, not {type(value).__name__}")
+    return value
+
+
+def unknown_command_message(command: str, known: list[str]) -> str:
+    """``Unknown command: 'comput' (did you mean: compute?)``: close matches, when any."""
+    text = f"Unknown command: {command!r}" if len(command) <= 100 else "Unknown command"
+    if len(command) > 100:  # difflib's cost grows with the name: a long one matches nothing
+        return f"{text} (a name of {len(command)} characters)"
+    from difflib import get_close_matches
+
+    matches = get_close_matches(command, known, n=3, cutoff=0.6)
+    if not matches and command.lower() in {name.lower() for name in known}:
+        matches = [name for name in known if name.lower() == command.lower()]
+    return f"{text} (did you mean: {', '.join(matches)}?)" if matches else text
+
+
 def load_handler(spec: str | None) -> BaseCommandHandler:
-    """Instantiate the handler class named ``"package.module:Class"`` (default: the generic one)."""
+    """Instantiate the handler class named ``"package.module:Class"`` (default: the generic one).
+
+    The module part may also be the path of a ``.py`` file (``"handlers/mine.py:MyHandler"``).
+    """
     if not spec:
         from .generic import GenericCommandHandler
 
         return GenericCommandHandler()
-    module_name, sep, class_name = spec.partition(":")
+    module_name, sep, class_name = spec.rpartition(":")
     if not sep or not module_name or not class_name:
-        raise ValueError(f"--handler must look like 'package.module:Class', not {spec!r}")
-    __import__(module_name)
-    target: Any = sys.modules[module_name]
+        raise ValueError(
+            f"a handler must look like 'package.module:Class' or 'path/file.py:Class', not {spec!r}"
+        )
+    target: Any = _import_module(module_name)
     for part in class_name.split("."):
         target = getattr(target, part)
+    if isinstance(target, type) and not issubclass(target, BaseCommandHandler):
+        raise TypeError(f"{spec} is not a subclass of snakepit_bridge.BaseCommandHandler")
     handler = target()
     if not isinstance(handler, BaseCommandHandler):
         raise TypeError(f"{spec} is not a subclass of snakepit_bridge.BaseCommandHandler")
     return handler
+
+
+def _import_module(name: str) -> Any:
+    """The module ``name``; for a file ``dir/name.py``, the module ``name`` with ``dir`` put
+    first on ``sys.path`` (as the CLI's ``python:FILE.py:CLASS`` does)."""
+    if name.endswith(".py"):
+        path = os.path.abspath(name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(2, "No such handler file", path)
+        sys.path.insert(0, os.path.dirname(path))
+        name = os.path.splitext(os.path.basename(path))[0]
+    try:
+        __import__(name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (name == missing or name.startswith(missing + ".")):
+            exc.msg = (
+                f"{exc.msg}: the handler module {name!r} is not on the worker's sys.path "
+                "(install it, or add its directory to PYTHONPATH with the adapter's env=)"
+            )
+        raise
+    return sys.modules[name]
+
+
+def load_failure_message(spec: str, exc: BaseException) -> str:
+    """Why the handler ``spec`` could not be loaded: the exception, then where it was raised.
+
+    The frames shown are the innermost ones outside the import machinery and this package
+    (the handler's own file and line); causes and context follow, one line each. Bounded, so
+    it always fits in a response.
+    """
+    import traceback
+
+    lines = [f"cannot load handler {spec!r}: {_one_line(exc)}"]
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith("<frozen") and not _is_ours(frame.filename)
+    ]
+    for frame in frames[-3:]:
+        lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}')
+        if frame.line:
+            lines.append(f"    {frame.line.strip()}")
+    lines.extend(f"  note: {note}" for note in getattr(exc, "__notes__", ())[:3])
+    seen = {id(exc)}
+    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    while cause is not None and id(cause) not in seen and len(seen) < 4:
+        seen.add(id(cause))
+        lines.append(f"  caused by {_one_line(cause)}")
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
+    text = "\n".join(line if len(line) <= 500 else line[:497] + "..." for line in lines)
+    return text if len(text) <= 4000 else text[:3997] + "..."
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+_OWN_FILES = frozenset({"handler.py", "server.py", "grpc_server.py", "__main__.py"})
+
+
+def _is_ours(filename: str) -> bool:
+    """A frame of the loading machinery here (the handler's own frames are shown)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return (
+        os.path.basename(filename) in _OWN_FILES
+        and os.path.dirname(os.path.abspath(filename)) == here
+    )

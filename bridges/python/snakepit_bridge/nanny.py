@@ -11,7 +11,13 @@ The pool starts the nanny (in a session of its own) instead of the worker when
   own single thread, after the pool spawned it from the thread that owns the pool, so the
   signal follows the pool's life (DESIGN.md section 6);
 - starts the worker in a process group of its own, with the nanny's stdin, stdout, stderr and
-  lifeline descriptor;
+  lifeline descriptor, and with SIGKILL as the worker's death signal: the worker dies with the
+  nanny, however the nanny ends (the nanny has one thread, so the signal follows its life);
+  the worker's lifeline watcher then takes the rest of the worker's group down once the pool
+  lets go of the lifeline;
+- reports the worker's pid, when the pool asks for it (``SNAKEPIT_CHILD_PID_FD`` names a pipe):
+  the worker writes ``<pid>\n`` there itself, before it executes the worker program, so the
+  pid is known before the worker's first byte of output;
 - on SIGTERM (the pool's ladder) runs the ladder on the worker: SIGTERM to its group, wait
   ``--kill-grace``, SIGKILL; on the pool's death it first waits ``--grace`` for a graceful
   exit (the worker sees stdin EOF);
@@ -31,6 +37,10 @@ import time
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+# snakepit_bridge.protocol.constants names them too; the nanny runs by path with -I -S and
+# imports nothing of the package.
+ENV_LIFELINE_FD = "SNAKEPIT_LIFELINE_FD"
+ENV_CHILD_PID_FD = "SNAKEPIT_CHILD_PID_FD"
 
 _stop_reason: str | None = None
 
@@ -39,9 +49,14 @@ class _Stop(Exception):
     """Raised by the first SIGTERM/SIGUSR2 to interrupt the blocking wait for the worker."""
 
 
+_libc: ctypes.CDLL | None = None
+
+
 def _prctl(option: int, value: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, value, 0, 0, 0) != 0:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.prctl(option, value, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -145,6 +160,19 @@ def _ladder(pid: int, grace: float, kill_grace: float, graceful: bool) -> int:
     return status
 
 
+def _take_report_fd() -> int:
+    """The descriptor to report the worker's pid on (-1: none); kept from the worker."""
+    text = os.environ.pop(ENV_CHILD_PID_FD, "")
+    if not text.isdigit():
+        return -1
+    fd = int(text)
+    try:
+        os.set_inheritable(fd, False)  # the worker program must not hold it
+    except OSError:
+        return -1
+    return fd
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     grace, kill_grace = 2.0, 2.0
@@ -171,18 +199,29 @@ def main(argv: list[str] | None = None) -> int:
     _prctl(PR_SET_PDEATHSIG, signal.SIGUSR2)
     if os.getppid() != parent:  # the pool died before the death signal was armed
         return 1
-    keep = [int(fd) for fd in [os.environ.get("SNAKEPIT_LIFELINE_FD", "")] if fd.isdigit()]
+    keep = [int(fd) for fd in [os.environ.get(ENV_LIFELINE_FD, "")] if fd.isdigit()]
+    report = _take_report_fd()
+    nanny = os.getpid()
     pid = os.fork()
     if pid == 0:
         try:
+            # The worker dies with the nanny. Set between fork and exec (exec keeps it), and
+            # checked: if the nanny died before it was armed, we were already re-parented.
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != nanny:
+                os._exit(127)
             os.setpgid(0, 0)
             signal.signal(signal.SIGUSR2, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             for fd in keep:
                 os.set_inheritable(fd, True)
+            if report >= 0:  # before exec: the pool has the pid before any output
+                os.write(report, f"{os.getpid()}\n".encode())
             os.execvp(command[0], command)
         finally:
             os._exit(127)
+    if report >= 0:
+        os.close(report)
     # The worker has our stdin and stdout; drop our copies so its exit is seen at once.
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)

@@ -6,10 +6,21 @@ at a time in arrival order, in the main thread. While a handler runs, stdin is s
 for async handlers), so ``cancel``, ``credit`` and ``shutdown`` frames take effect and new
 requests join the queue. Responses of quick requests that arrived together leave in one write.
 
+Start-up order: the negotiation frame is read and answered first, and only then is the
+command handler imported and built. So a slow constructor (a model load) is bounded by the
+pool's ``worker_init_timeout``, which covers the init ping, and never by its short
+``negotiation_timeout``. A handler that cannot be loaded is reported on stderr (the whole
+traceback) and to the pool: the first request (the init ping) is answered with an error that
+names the exception and where it was raised; then the bridge exits with status 1.
+
+A response that cannot be sent (over ``max_frame_size``, or holding a value the codec cannot
+encode) is replaced at once by a short error response that says why; an error's traceback is
+cut first, then its message. A stream chunk that cannot be sent ends its stream that way.
+
 Exit status: 0 after stdin EOF or a ``shutdown`` frame (once the queued work is done), or when
-stdout is closed; 2 when the input breaks the framing (a frame over the size limit, or EOF
-inside a frame); 143 after SIGTERM (raised as ``SystemExit`` in the handler so its ``finally``
-blocks run).
+stdout is closed; 1 when the handler could not be loaded; 2 when the input breaks the framing
+(a frame over the size limit, or EOF inside a frame); 143 after SIGTERM (raised as
+``SystemExit`` in the handler so its ``finally`` blocks run).
 """
 
 from __future__ import annotations
@@ -50,11 +61,13 @@ if TYPE_CHECKING:
     import signal as _signal
     from collections.abc import Callable
     from types import FrameType, TracebackType
-    from typing import Any, TypeGuard
+    from typing import Any, TypeAlias, TypeGuard
 
     from ._async import AsyncRunner
     from .handler import BaseCommandHandler
     from .protocol.codecs import Codec
+
+    HandlerSource: TypeAlias = BaseCommandHandler | str | Callable[[], BaseCommandHandler] | None
 else:  # ``signal`` wraps ``_signal`` in enums, which cost ~3 ms of start-up
     import _signal
 
@@ -64,6 +77,7 @@ FEATURES = sorted(ALL_FEATURES - {FEATURE_HEARTBEAT})  # heartbeats: not sent
 DEFAULT_MAX_CONCURRENCY = 64
 SHUTTING_DOWN_ERROR_TYPE = "ShuttingDown"
 EXIT_OK = 0
+EXIT_HANDLER = 1
 EXIT_FRAMING = 2
 EXIT_SIGTERM = 143
 
@@ -82,6 +96,18 @@ _QUICK = 0.001
 _POLL_INTERVAL = 0.001
 # After stdin EOF, how long to look for the lifeline closing too (the pool died, not closed).
 _LIFELINE_CHECK = 0.05
+# A handler that failed to load: how long to wait for a request (the pool's init ping, sent
+# right after negotiation) to answer with the reason before exiting anyway.
+_LOAD_FAILURE_WAIT = 10.0
+# An error response that cannot be sent whole keeps at most this much of its traceback (the
+# innermost end, lines cut to _LINE_CUT characters), then of its message.
+_TRACEBACK_CUT = 8000
+_MESSAGE_KEPT = 64 * 1024  # a message this long stays whole if cutting the traceback is enough
+_MESSAGE_CUT = 2000
+_LINE_CUT = 500
+# Looking for the value a codec cannot encode visits at most this many values, this deep.
+_WALK_NODES = 100_000
+_WALK_DEPTH = 200
 
 
 class _StdoutClosed(SystemExit):
@@ -90,6 +116,14 @@ class _StdoutClosed(SystemExit):
 
 class _Terminated(SystemExit):
     """Raised by the SIGTERM handler."""
+
+
+class _Unsendable(Exception):
+    """A stream chunk cannot be sent; ends the stream with a short error (no traceback)."""
+
+    def __init__(self, message: str, error_type: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
 
 
 class _Job:
@@ -110,26 +144,41 @@ def _is_int(value: object) -> TypeGuard[int]:
 class ProtocolHandler:
     """Serves a command handler over stdin/stdout. ``run()`` returns the exit status.
 
-    ``protocol`` is ``"auto"`` (the first frame negotiates the codec), ``"json"`` or
-    ``"msgpack"`` (no negotiation frame is expected).
+    ``command_handler`` is a handler instance, or what to build one from once negotiation is
+    answered: a ``"package.module:Class"`` spec, a class or another callable returning an
+    instance, or None for the generic handler. ``protocol`` is ``"auto"`` (the first frame
+    negotiates the codec), ``"json"`` or ``"msgpack"`` (no negotiation frame is expected).
     """
 
     def __init__(
         self,
-        command_handler: BaseCommandHandler | None = None,
+        command_handler: HandlerSource = None,
         protocol: str = "auto",
         *,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     ) -> None:
-        if command_handler is None:
-            from .handler import load_handler
-
-            command_handler = load_handler(None)
         if protocol not in ("auto", "json", "msgpack"):
             raise ValueError(f"protocol must be 'auto', 'json' or 'msgpack', not {protocol!r}")
         if protocol == "msgpack" and not MSGPACK_AVAILABLE:
             raise ValueError("protocol 'msgpack' needs the msgpack package")
-        self.command_handler = command_handler
+        from .handler import BaseCommandHandler
+
+        self._factory: Callable[[], BaseCommandHandler] | None = None
+        if isinstance(command_handler, BaseCommandHandler):
+            self.command_handler: BaseCommandHandler = command_handler
+            self._handler_name = _qualified_name(type(command_handler))
+        elif command_handler is None or isinstance(command_handler, str):
+            spec = command_handler or None
+            self._handler_name = spec or "snakepit_bridge.generic:GenericCommandHandler"
+            self._factory = lambda: _load(spec)
+        elif callable(command_handler):
+            self._handler_name = _qualified_name(command_handler)
+            self._factory = command_handler
+        else:
+            raise TypeError(
+                "command_handler must be a BaseCommandHandler, a 'package.module:Class' spec "
+                f"or a callable that builds one, not {type(command_handler).__name__}"
+            )
         self.protocol = protocol
         self.max_concurrency = max(1, int(max_concurrency))
         self._codec: Codec | None = None if protocol == "auto" else get_codec(protocol)
@@ -156,6 +205,16 @@ class ProtocolHandler:
         previous = _signal.signal(_signal.SIGTERM, _on_sigterm)
         try:
             try:
+                # Negotiation first: a slow handler constructor must not hold its answer back.
+                while self._codec is None and not self._eof:
+                    self._read(block=True)
+                self._flush()
+                if self._factory is not None and not (self._eof and not self._queue):
+                    failure = self._build_handler(self._factory)
+                    if failure is not None:
+                        self._exit_code = EXIT_HANDLER
+                        self._refuse_requests(*failure)
+                        return EXIT_HANDLER
                 self._serve()
             except _StdoutClosed:
                 self._eof = True
@@ -170,6 +229,47 @@ class ProtocolHandler:
             if self._async is not None:
                 self._async.close()
         return self._exit_code
+
+    def _build_handler(self, factory: Callable[[], BaseCommandHandler]) -> tuple[str, str] | None:
+        """Build the handler; on failure print the traceback and return (message, type)."""
+        from .handler import BaseCommandHandler
+
+        try:
+            handler = factory()
+            if not isinstance(handler, BaseCommandHandler):
+                raise TypeError(
+                    f"{self._handler_name} built a {type(handler).__name__}, "
+                    "not a snakepit_bridge.BaseCommandHandler"
+                )
+        except (_Terminated, _StdoutClosed):
+            raise
+        except (Exception, SystemExit) as exc:
+            import traceback
+
+            from .handler import load_failure_message
+
+            message = load_failure_message(self._handler_name, exc)
+            try:
+                traceback.print_exception(exc, file=sys.stderr)
+                sys.stderr.flush()
+            except Exception:  # stderr itself is broken: the pool still gets the message
+                pass
+            _log(message)
+            return message, type(exc).__name__
+        self.command_handler = handler
+        return None
+
+    def _refuse_requests(self, message: str, error_type: str) -> None:
+        """Answer the requests that arrive soon (the init ping) with why the handler failed."""
+        deadline = time.monotonic() + _LOAD_FAILURE_WAIT
+        while not self._queue and not self._eof and self._codec is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select([self._in], [], [], left)[0]:
+                break
+            self._read(block=False)
+        while self._queue:
+            self._send(_failure(self._queue.popleft()["id"], message, error_type))
+        self._flush()
 
     def _serve(self) -> None:
         while True:
@@ -334,29 +434,40 @@ class ProtocolHandler:
         ):
             self._max_frame_size = max_frame_size
             self._decoder = FrameDecoder(max_frame_size)
-        reply = {
+        reply: dict[str, Any] = {
             "type": PROTOCOL_SELECTED,
             "protocol": protocol,
             "features": FEATURES,
             "max_concurrency": self.max_concurrency,
             "info": self._info(),
         }
-        self._outbox.append(encode_frame(_jsonlite.dumps(reply), self._max_frame_size))
+        # The handler may not exist yet (it is built after this answer), so ``info`` names it
+        # but does not list its commands. A pool with a tiny frame limit gets a smaller reply.
+        frame = None
+        for drop in ((), ("info",), ("info", "features", "max_concurrency")):
+            short = {k: v for k, v in reply.items() if k not in drop}
+            try:
+                frame = encode_frame(_jsonlite.dumps(short), self._max_frame_size)
+                break
+            except ProtocolError:
+                continue
+        if frame is None:  # not even the bare answer fits: send it, the pool will say why
+            _log(f"the negotiation reply does not fit in {self._max_frame_size} bytes")
+            frame = encode_frame(_jsonlite.dumps(short), 0xFFFFFFFF)
+        self._outbox.append(frame)
         self._flush()
         self._codec = get_codec(protocol)
 
     def _info(self) -> dict[str, Any]:
         from . import __version__
 
-        handler = type(self.command_handler)
         return {
             "bridge": "snakepit_bridge",
             "version": __version__,
             "language": "python",
             "pid": os.getpid(),
             "python": sys.version.split()[0],
-            "handler": f"{handler.__module__}:{handler.__qualname__}",
-            "commands": self.command_handler.get_supported_commands(),
+            "handler": self._handler_name,
         }
 
     # ------------------------------------------------------------------ running requests
@@ -374,7 +485,11 @@ class ProtocolHandler:
         elif not isinstance(args, dict):
             self._send(_failure(request_id, "request 'args' is not a map", "ProtocolError"))
         elif function is None:
-            self._send(_failure(request_id, f"Unknown command: {command}", UNSUPPORTED_ERROR_TYPE))
+            from .handler import unknown_command_message
+
+            known = self.command_handler.get_supported_commands()
+            unknown = unknown_command_message(command, known)
+            self._send(_failure(request_id, unknown, UNSUPPORTED_ERROR_TYPE))
         else:
             stream = message.get("stream") is True
             if self._outbox and (stream or self._durations.get(command, 1.0) >= _QUICK):
@@ -403,6 +518,8 @@ class ProtocolHandler:
                 result = self._complete(job, result)
         except Cancelled:
             return _cancelled(request_id)
+        except _Unsendable as exc:
+            return _failure(request_id, str(exc), exc.error_type)
         except Exception as exc:
             return _error(request_id, exc)
         finally:
@@ -487,30 +604,48 @@ class ProtocolHandler:
     # ------------------------------------------------------------------ output
 
     def _send_chunk(self, job: _Job, item: Any) -> None:
-        assert self._codec is not None
+        codec = self._codec
+        assert codec is not None
         chunk = {"type": CHUNK, "id": job.ctx.id, "seq": job.seq, "data": item}
-        self._queue_frame(encode_frame_parts(self._codec.encode(chunk), self._max_frame_size))
+        try:
+            payload = codec.encode(chunk)
+        except Exception as exc:
+            why = _unencodable(exc, item, "data", codec.name)
+            raise _Unsendable(f"cannot send chunk {job.seq}: {why}", type(exc).__name__) from None
+        if len(payload) > self._max_frame_size:
+            why = _too_large(len(payload), self._max_frame_size)
+            raise _Unsendable(f"cannot send chunk {job.seq}: {why}", "ProtocolError")
+        self._queue_frame(encode_frame_parts(payload, self._max_frame_size))
         job.seq += 1
         if job.credits is not None:
             job.credits -= 1
         self._flush()
 
     def _send(self, message: dict[str, Any]) -> None:
-        """Queue a response for the next write (replaced by an error if it cannot be sent)."""
+        """Queue a response for the next write (replaced by a short error if it cannot be sent)."""
         codec = self._codec
         assert codec is not None
+        limit = self._max_frame_size
+        problem: tuple[str, Any]
         try:
-            header, payload = encode_frame_parts(codec.encode(message), self._max_frame_size)
+            payload = codec.encode(message)
         except Exception as exc:
-            failure = _failure(
-                message.get("id"), f"cannot send the result: {exc}", type(exc).__name__
-            )
-            header, payload = encode_frame_parts(codec.encode(failure), self._max_frame_size)
-        if len(payload) < _GATHER_ABOVE:
-            self._outbox.append(header + payload)
-        else:  # big: written with writev, never copied into one buffer
-            self._outbox.append(header)
-            self._outbox.append(payload)
+            problem = ("encode", exc)
+        else:
+            if len(payload) <= limit:
+                self._queue_frame(encode_frame_parts(payload, limit))
+                return
+            problem = ("size", len(payload))
+        for candidate in _replacements(message, problem, codec.name, limit):
+            try:
+                payload = codec.encode(candidate)
+            except Exception:
+                continue
+            if len(payload) <= limit:
+                self._queue_frame(encode_frame_parts(payload, limit))
+                return
+        # Only a limit of a few dozen bytes gets here; the caller's deadline will fire.
+        _log(f"a response to request {message.get('id')!r} fits in no {limit}-byte frame")
 
     def _queue_frame(self, parts: tuple[bytes, bytes]) -> None:
         header, payload = parts
@@ -565,6 +700,181 @@ def _choose_protocol(supported: object, preferred: object) -> str:
     if "msgpack" in offered and "msgpack" in usable:
         return "msgpack"
     return "json"
+
+
+def _load(spec: str | None) -> BaseCommandHandler:
+    from .handler import load_handler
+
+    return load_handler(spec)
+
+
+def _qualified_name(obj: object) -> str:
+    module = getattr(obj, "__module__", None)
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return f"{module}:{name}" if module else str(name)
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"it is {size} bytes, over the frame limit of {limit} bytes (max_frame_size)"
+
+
+def _replacements(
+    message: dict[str, Any], problem: tuple[str, Any], codec_name: str, limit: int
+) -> Generator[dict[str, Any], None, None]:
+    """Ever shorter stand-ins for a response that cannot be sent, the best first.
+
+    An error keeps its type; its traceback is cut (then dropped) before its message is. A
+    result, or anything else, becomes an error that says why it could not be sent.
+    """
+    request_id = message.get("id")
+    if not _is_int(request_id):
+        request_id = None
+    if message.get("success") is False and isinstance(message.get("error"), str):
+        text = _clean(message["error"])
+        base = _failure(request_id, text, _clean(str(message.get("error_type") or "Error"))[:200])
+        traceback = message.get("traceback")
+        short_traceback = None
+        if isinstance(traceback, str) and traceback:
+            short_traceback = _cut_traceback(_clean(traceback), _TRACEBACK_CUT)
+        if short_traceback is not None and len(text) <= _MESSAGE_KEPT:
+            yield {**base, "traceback": short_traceback}
+        note = f" [error message cut: it was {len(text)} characters]"
+        base["error"] = _cut(text, _MESSAGE_CUT) + note if len(text) > _MESSAGE_CUT else text
+        if short_traceback is not None:
+            yield {**base, "traceback": short_traceback}
+        yield base
+        yield {**base, "error": _cut(text, 100) + note}
+        yield {"id": request_id, "success": False, "error": _cut(text, 40)}  # a tiny limit
+        return
+    kind, detail = problem
+    what = "the result" if "result" in message else "the response"
+    if kind == "size":
+        reason, error_type = _too_large(detail, limit), "ProtocolError"
+    else:
+        reason = _unencodable(detail, message.get("result"), "result", codec_name)
+        error_type = type(detail).__name__
+    error = f"cannot send {what}: {reason}"
+    yield _failure(request_id, error, error_type)
+    yield _failure(request_id, _cut(error, 100), error_type)
+    yield {"id": request_id, "success": False, "error": _cut(error, 40)}  # a tiny limit
+
+
+def _clean(text: str) -> str:
+    """``text`` without lone surrogates (no codec can carry them): escaped instead."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _cut_traceback(text: str, limit: int) -> str:
+    """Long lines shortened, then only the innermost end (where the exception is) kept."""
+    lines = [_cut(line, _LINE_CUT) for line in text.splitlines()]
+    text = "\n".join(lines)
+    if len(text) <= limit:
+        return text
+    kept = text[len(text) - limit :]
+    kept = kept[kept.find("\n") + 1 :]  # whole lines only
+    return f"[... {len(text) - len(kept)} characters of traceback cut ...]\n{kept}"
+
+
+def _unencodable(exc: BaseException, value: object, root: str, codec_name: str) -> str:
+    """Why ``value`` could not be encoded: the path and type of the culprit when found."""
+    try:
+        found = _find_unencodable(value, root, codec_name)
+    except Exception:  # a value whose own methods fail: fall back on the codec's message
+        found = None
+    codec = "MessagePack" if codec_name == "msgpack" else "JSON"
+    if found is None:
+        return _cut(f"{codec} cannot encode it: {type(exc).__name__}: {exc}", 500)
+    path, what = found
+    return f"{_cut(path, 300)} is {what}, which {codec} cannot encode"
+
+
+def _find_unencodable(value: object, root: str, codec_name: str) -> tuple[str, str] | None:
+    """The first value (in encoding order) that the codec cannot carry: (path, description).
+
+    Bounded (``_WALK_NODES`` values, ``_WALK_DEPTH`` levels): None when it finds nothing.
+    """
+    msgpack = codec_name == "msgpack"
+    budget = [_WALK_NODES]
+    active: set[int] = set()
+
+    def scalar(item: object) -> str | None:
+        """None if the codec carries ``item``; else what it is."""
+        if item is None or isinstance(item, (bool, bytes, bytearray, memoryview)):
+            return None
+        if isinstance(item, int):
+            if msgpack and not -(1 << 63) <= item < (1 << 64):
+                return "an int outside MessagePack's 64-bit range"
+            if not msgpack and item.bit_length() > 13_000:
+                try:
+                    str(item)
+                except ValueError:
+                    return "an int too long to convert to text"
+            return None
+        if isinstance(item, float):
+            if not msgpack and item - item != 0.0:
+                return f"a float {item!r} (JSON has no NaN or infinity)"
+            return None
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "a str with a lone surrogate (not valid UTF-8)"
+            return None
+        return ""  # a container, or something else: see walk
+
+    def walk(item: object, path: str, depth: int) -> tuple[str, str] | None:
+        budget[0] -= 1
+        if budget[0] < 0 or depth > _WALK_DEPTH:
+            return None
+        problem = scalar(item)
+        if problem is None:
+            return None
+        if problem:
+            return path, problem
+        if id(item) in active:
+            return path, f"a {_type_name(item)} that contains itself"
+        if isinstance(item, dict):
+            active.add(id(item))
+            for key, sub in item.items():
+                label = f"{path}[{_cut(repr(key), 60)}]"
+                if msgpack:
+                    bad = walk(key, f"{label} (its key)", depth + 1)
+                    if bad is not None:
+                        return bad
+                elif not (key is None or isinstance(key, (str, int, float))):
+                    return label, f"a key of type {_type_name(key)} (JSON keys are strings)"
+                elif scalar(key):
+                    return label, f"a key that is {scalar(key)}"
+                bad = walk(sub, label, depth + 1)
+                if bad is not None:
+                    return bad
+            active.discard(id(item))
+            return None
+        if isinstance(item, (list, tuple)) or (not msgpack and isinstance(item, (set, frozenset))):
+            active.add(id(item))
+            for index, sub in enumerate(item):
+                bad = walk(sub, f"{path}[{index}]", depth + 1)
+                if bad is not None:
+                    return bad
+            active.discard(id(item))
+            return None
+        return path, f"a {_type_name(item)}"
+
+    return walk(value, root, 0)
+
+
+def _type_name(value: object) -> str:
+    cls = type(value)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
 def _failure(request_id: object, error: str, error_type: str) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 Start a worker with ``--handler snakepit_bridge.testing:TestingHandler``. It has every command
 of the generic handler (``sleep``, the streaming demos) and these, each misbehaving in one
-precise way:
+precise way. FOR TESTS ONLY: unlike the built-ins, these act on the caller's say-so (kill the
+worker, write the file ``record_path``, start processes, hold memory, flood stderr), so never
+serve this handler to callers you do not trust.
 
 =================  ======================================================================
 ``crash``          ``os._exit(code)`` (default 3), after writing ``stderr`` text if given
