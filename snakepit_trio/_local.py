@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["LocalProcessTransport"]
 
 logger = logging.getLogger("snakepit_trio.worker")
+# What the workers write on stderr, line by line at INFO (the CLI shows it).
+stderr_logger = logging.getLogger("snakepit_trio.worker.stderr")
 
 THIS_HOST: Final = socket.gethostname()
 
@@ -143,17 +145,18 @@ class LocalProcessTransport:
                 tail += data
                 if len(tail) > limit:
                     del tail[: len(tail) - limit]
-                if _stderr_hint_pending and not logger.isEnabledFor(logging.INFO):
+                relay = stderr_logger.isEnabledFor(logging.INFO)
+                if _stderr_hint_pending and not relay:
                     _stderr_hint(slot, proc.pid, data)
-                if logger.isEnabledFor(logging.INFO):
+                if relay:
                     lines = (pending + data).split(b"\n")
                     pending = lines.pop()[-limit:]
                     for line in lines:
                         text = line.decode("utf-8", "replace")
-                        logger.info("worker %d (pid %d): %s", slot, proc.pid, text)
-            if pending and logger.isEnabledFor(logging.INFO):
+                        stderr_logger.info("worker %d (pid %d): %s", slot, proc.pid, text)
+            if pending and stderr_logger.isEnabledFor(logging.INFO):
                 text = pending.decode("utf-8", "replace")
-                logger.info("worker %d (pid %d): %s", slot, proc.pid, text)
+                stderr_logger.info("worker %d (pid %d): %s", slot, proc.pid, text)
         finally:
             self._stderr_done.set()
 
@@ -216,7 +219,7 @@ def _stderr_hint(worker_id: int, pid: int, data: bytes) -> None:
         worker_id,
         pid,
         first,
-        logger.name,
+        stderr_logger.name,
     )
 
 
