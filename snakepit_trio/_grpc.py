@@ -1,7 +1,11 @@
 """The gRPC transport: ``GrpcPythonAdapter`` and the worker slot that speaks to it.
 
 A gRPC worker is our Python bridge started with ``--transport grpc``: it binds a private Unix
-socket (or 127.0.0.1 on request), prints ``READY <address>`` and serves ``proto/snakepit.proto``.
+socket (or 127.0.0.1 on request), prints ``READY <address>``, builds its handler and serves
+``proto/snakepit.proto``. Each worker process gets a fresh secret token in its environment
+(never in argv); every call carries it, and the worker proves it holds it in its ``Info``
+answer (see ``_grpc_client``), so a TCP worker answers its pool only and the pool talks to
+its worker only.
 ``GrpcWorker`` replaces the stdio parts of ``Worker`` (the READY line instead of negotiation,
 a gRPC call per request instead of frames, RST_STREAM instead of cancel frames, gRPC flow
 control instead of credit frames) and keeps the rest, so the pool's dispatch, queueing,
@@ -254,6 +258,7 @@ class GrpcWorker(Worker):
         self._hub: _Hub | None = None
         self._client: _grpc_client.Client | None = None
         self._remotes: dict[int, _Remote] = {}
+        self._token = ""
         self.address: str | None = None
 
     @property
@@ -276,34 +281,48 @@ class GrpcWorker(Worker):
         self.address = None
 
     def _environment(self) -> dict[str, str]:
-        from snakepit_bridge.grpc_wire import ENV_CANCEL_GRACE, ENV_MAX_MESSAGE_SIZE
+        from snakepit_bridge.grpc_wire import (
+            ENV_CANCEL_GRACE,
+            ENV_MAX_MESSAGE_SIZE,
+            ENV_TOKEN,
+            new_token,
+        )
 
         env = super()._environment()
         env[ENV_MAX_MESSAGE_SIZE] = str(self.config.max_frame_size)
         env[ENV_CANCEL_GRACE] = str(self.config.cancel_grace)
+        # A new token for every process (called once per spawn): the environment, unlike
+        # argv, is readable only by the worker's own user; the worker removes it at once.
+        self._token = env[ENV_TOKEN] = new_token()
         return env
 
     # ------------------------------------------------------------------ start-up
     async def _handshake(self, proc: WorkerProcess) -> int:
+        # Each phase names itself in ``_phase``: when worker_init_timeout runs out, the
+        # message says which one did not finish.
         hub = self._hub
         assert hub is not None
+        self._phase = "the worker's start (its READY line: Python starting, the bridge loading)"
         address = await self._read_ready_line(proc)
-        client = self._wire.Client(address, self.config.max_frame_size)
+        client = self._wire.Client(address, self.config.max_frame_size, self._token)
         self.address = address
         self._client = client
         grace = self.config.cancel_grace
+        self._phase = (
+            "building the handler (the worker is listening; the handler's constructor has not "
+            "returned)"
+        )
         try:
             info = await hub.run(client.info, grace)
         except (_StopWorker, TimeoutError):
             raise
         except Exception as exc:
-            raise _StopWorker(
-                f"no answer from the worker's gRPC server at {address}: {exc!r}"
-            ) from None
+            raise _StopWorker(await self._no_info(proc, address, exc)) from None
         self.protocol = "grpc"
         self.features = frozenset(info.features) & _KNOWN_FEATURES
         command = self.adapter.init_command
         if command is not None:
+            self._phase = f"the init command {command!r}"
             request = self._codec.encode({"id": self.pool._next_id(), "command": command})
             try:
                 reply = await hub.run(lambda: client.execute(request), grace)
@@ -315,6 +334,19 @@ class GrpcWorker(Worker):
                 message = reply.error.message if reply.error is not None else "failed"
                 raise _StopWorker(f"init command {command!r} failed: {message}")
         return max(1, info.max_concurrency)
+
+    async def _no_info(self, proc: WorkerProcess, address: str, exc: Exception) -> str:
+        """Why ``Info`` failed: most often the worker exited while building its handler."""
+        if isinstance(exc, self._wire.BadReply):
+            return str(exc)
+        with anyio.move_on_after(0.5):
+            await proc.wait()  # a broken connection: it is probably exiting; learn its status
+        if proc.poll() is not None:
+            return (
+                f"the worker exited (status {proc.returncode}) while building its handler; "
+                "its stderr below says why"
+            )
+        return f"no answer from the worker's gRPC server at {address}: {exc!r}"
 
     async def _read_ready_line(self, proc: WorkerProcess) -> str:
         """The worker's first stdout line, ``READY unix:/path`` or ``READY tcp:host:port``."""
@@ -337,13 +369,8 @@ class GrpcWorker(Worker):
         return address
 
     def _start_io(self, tg: anyio.abc.TaskGroup, proc: WorkerProcess) -> None:
-        tg.start_soon(self._watch_exit, proc)
-
-    async def _watch_exit(self, proc: WorkerProcess) -> None:
-        """There is no stdout to hit EOF on: notice the process exiting by itself."""
-        await proc.wait()
-        self._eof = True
-        self.stop("the worker exited")
+        """Nothing to start: each call carries its own reply, and ``Worker._watch_process``
+        notices the process exiting through its pidfd (there is no stdout to hit EOF on)."""
 
     async def _take_down(self, proc: WorkerProcess, reason: str, stderr_done: anyio.Event) -> bool:
         try:

@@ -4,25 +4,47 @@ Everything here runs on the event loop that carries the pool's gRPC traffic (a d
 thread under trio, the host loop under asyncio: see ``_grpc``). It reaches the host only
 through the callbacks it is given. Importing this module imports grpclib and betterproto2,
 so ``_grpc`` loads it only when a gRPC worker starts.
+
+Every call carries the worker's token. The first call, ``Info``, also carries a random
+challenge, and the worker must answer it with the proof only the token's holder can make
+(``grpc_wire.proof``); the channel then never opens a second connection. Together these
+mean that the pool talks to its worker only: if the worker dies and another process takes
+its address (its Unix socket path, or its TCP port once the kernel lets it go), the pool's
+next call fails instead of reaching that process (it would have sent it the token and the
+call's arguments).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import secrets
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError
+from grpclib.protocol import H2Protocol
 from snakepit_bridge._grpc_generated.snakepit.v1 import (
     ExecuteReply,
     ExecuteRequest,
     InfoReply,
-    SnakepitBridgeStub,
+    InfoRequest,
     StreamReply,
 )
-from snakepit_bridge.grpc_wire import EXECUTE, EXECUTE_STREAM, SizeLimitedCodec, pack, unpack
+from snakepit_bridge.grpc_wire import (
+    CHALLENGE_KEY,
+    EXECUTE,
+    EXECUTE_STREAM,
+    INFO,
+    PROOF_KEY,
+    SizeLimitedCodec,
+    pack,
+    proof,
+    token_metadata,
+    unpack,
+)
 from snakepit_bridge.protocol import codecs
 from snakepit_bridge.protocol.messages import Response
 
@@ -101,13 +123,32 @@ class StreamWindow:
         self._event = None
 
 
+class _OneConnection(Channel):
+    """A grpclib channel that connects once: a lost connection is not reopened.
+
+    grpclib reconnects on the next call by default; here that would reach whatever process
+    holds the worker's address by then. The worker is being replaced anyway.
+    """
+
+    _connected_once = False
+
+    async def _create_connection(self) -> H2Protocol:
+        if self._connected_once:
+            raise ConnectionResetError("the connection to the worker was lost")
+        self._connected_once = True
+        protocol: H2Protocol = await super()._create_connection()
+        return protocol
+
+
 class Client:
     """One worker's channel and the tasks of its calls."""
 
-    def __init__(self, address: str, max_message_size: int) -> None:
+    def __init__(self, address: str, max_message_size: int, token: str) -> None:
         self.address = address
         self.max_message_size = max_message_size
         self.tasks: set[asyncio.Task[Any]] = set()
+        self._token = token
+        self._metadata = token_metadata(token)
         self._channel: Channel | None = None
 
     def channel(self) -> Channel:
@@ -116,10 +157,10 @@ class Client:
             codec = SizeLimitedCodec(self.max_message_size)
             kind, _, where = self.address.partition(":")
             if kind == "unix":
-                self._channel = Channel(path=where, codec=codec)
+                self._channel = _OneConnection(path=where, codec=codec)
             elif kind == "tcp":
                 host, _, port = where.rpartition(":")
-                self._channel = Channel(host, int(port), codec=codec)
+                self._channel = _OneConnection(host, int(port), codec=codec)
             else:
                 raise ValueError(f"unsupported worker address {self.address!r}")
         return self._channel
@@ -137,13 +178,33 @@ class Client:
         return task
 
     async def info(self) -> InfoReply:
-        reply: InfoReply = await SnakepitBridgeStub(self.channel()).info()
+        """``Info``, the first call: the worker must prove it holds the token (``BadReply``)."""
+        challenge = secrets.token_urlsafe(16)
+        metadata = (*self._metadata, (CHALLENGE_KEY, challenge))
+        async with self.channel().request(
+            INFO, Cardinality.UNARY_UNARY, InfoRequest, InfoReply, metadata=metadata
+        ) as stream:
+            await stream.send_message(InfoRequest(), end=True)
+            await stream.recv_initial_metadata()
+            received = stream.initial_metadata
+            answer = received.get(PROOF_KEY) if received is not None else None
+            expected = proof(self._token, challenge)
+            if not isinstance(answer, str) or not hmac.compare_digest(
+                answer.encode("utf-8", "surrogatepass"), expected.encode()
+            ):
+                raise BadReply(
+                    f"the server at {self.address} did not prove that it holds the worker's "
+                    "token: another process may hold the worker's address"
+                )
+            reply = await stream.recv_message()
+        if reply is None:
+            raise BadReply("the worker sent no Info reply")
         return reply
 
     async def execute(self, payload: bytes) -> ExecuteReply:
         """One unary call; ``payload`` is a serialized ``ExecuteRequest``."""
         async with self.channel().request(
-            EXECUTE, Cardinality.UNARY_UNARY, bytes, ExecuteReply
+            EXECUTE, Cardinality.UNARY_UNARY, bytes, ExecuteReply, metadata=self._metadata
         ) as stream:
             await stream.send_message(payload, end=True)
             reply = await stream.recv_message()
@@ -163,7 +224,7 @@ class Client:
         control stops the worker's sender, and the worker's generator waits.
         """
         async with self.channel().request(
-            EXECUTE_STREAM, Cardinality.UNARY_STREAM, bytes, StreamReply
+            EXECUTE_STREAM, Cardinality.UNARY_STREAM, bytes, StreamReply, metadata=self._metadata
         ) as stream:
             await stream.send_message(payload, end=True)
             while True:
