@@ -8,9 +8,10 @@ so ``_grpc`` loads it only when a gRPC worker starts.
 Every call carries the worker's token. The first call, ``Info``, also carries a random
 challenge, and the worker must answer it with the proof only the token's holder can make
 (``grpc_wire.proof``); the channel then never opens a second connection. Together these
-mean that the pool talks to its worker only: if the worker dies and another process binds
-its TCP port, the pool's next call fails instead of reaching it (it would have sent it the
-token and the call's arguments).
+mean that the pool talks to its worker only: if the worker dies and another process takes
+its address (its Unix socket path, or its TCP port once the kernel lets it go), the pool's
+next call fails instead of reaching that process (it would have sent it the token and the
+call's arguments).
 """
 
 from __future__ import annotations

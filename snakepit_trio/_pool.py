@@ -29,7 +29,7 @@ from snakepit_bridge.protocol.framing import HEADER_SIZE, encode_frame
 from . import _telemetry as tm
 from ._adapters import Adapter
 from ._backend import Waitable, current_backend
-from ._config import PoolConfig
+from ._config import MAX_POOL_SIZE, PoolConfig, validate_size
 from ._errors import (
     CommandError,
     PoolClosed,
@@ -970,9 +970,8 @@ async def open_pool(
     if not isinstance(adapter, Adapter):
         raise TypeError(f"adapter must be an Adapter, not {type(adapter).__name__}")
     if size is None:
-        size = (os.cpu_count() or 1) * 2
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, not {size!r}")
+        size = min((os.cpu_count() or 1) * 2, MAX_POOL_SIZE)
+    size = validate_size(size)
     if config is None:
         config = PoolConfig()
     elif not isinstance(config, PoolConfig):

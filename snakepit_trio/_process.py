@@ -5,6 +5,10 @@ pipes for stdin, stdout and stderr, and the read end of a lifeline pipe whose wr
 the pool holds. The pool never sets PR_SET_PDEATHSIG: trio spawns from short-lived threads,
 and a death signal tied to a thread would kill healthy workers (DESIGN.md section 6).
 
+A worker started under the nanny (hardened mode) can report the pid of the real worker
+program: with ``report_child=True`` the nanny gets the write end of one more pipe, and its
+child writes its own pid there before it executes the worker program (``child_pid``).
+
 Every await here is a plain wait on a file descriptor; cancelling one leaves the process as
 it was. The ladder itself is meant to run shielded by its caller.
 """
@@ -21,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import anyio
+from snakepit_bridge.protocol.constants import ENV_CHILD_PID_FD, ENV_LIFELINE_FD
 
 __all__ = ["WorkerProcess", "read_rss", "spawn_worker"]
 
@@ -46,13 +51,21 @@ class WorkerProcess:
         env: Mapping[str, str],
         cwd: str | None,
         lifeline: bool = True,
+        report_child: bool = False,
     ) -> None:
         self.argv = list(argv)
-        lifeline_r, lifeline_w = os.pipe() if lifeline else (-1, -1)
         child_env = dict(env)
-        if lifeline:
-            child_env["SNAKEPIT_LIFELINE_FD"] = str(lifeline_r)
+        pass_fds: list[int] = []
+        lifeline_r = lifeline_w = report_r = report_w = -1
         try:
+            if lifeline:
+                lifeline_r, lifeline_w = os.pipe()
+                child_env[ENV_LIFELINE_FD] = str(lifeline_r)
+                pass_fds.append(lifeline_r)
+            if report_child:
+                report_r, report_w = os.pipe()
+                child_env[ENV_CHILD_PID_FD] = str(report_w)
+                pass_fds.append(report_w)
             self._popen = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.PIPE,
@@ -62,16 +75,22 @@ class WorkerProcess:
                 cwd=cwd,
                 start_new_session=True,
                 close_fds=True,
-                pass_fds=(lifeline_r,) if lifeline else (),
+                pass_fds=pass_fds,
                 bufsize=0,
             )
         except BaseException:
-            if lifeline:
-                os.close(lifeline_r)
-                os.close(lifeline_w)
+            for fd in (lifeline_r, lifeline_w, report_r, report_w):
+                if fd >= 0:
+                    os.close(fd)
             raise
-        if lifeline:
-            os.close(lifeline_r)
+        for fd in (lifeline_r, report_w):  # the child's ends
+            if fd >= 0:
+                os.close(fd)
+        self._report_r = report_r
+        self._report = b""
+        self._child_pid: int | None = None
+        if report_r >= 0:
+            os.set_blocking(report_r, False)
         self.pid: int = self._popen.pid
         self.started_at = time.monotonic()
         assert self._popen.stdin and self._popen.stdout and self._popen.stderr
@@ -107,6 +126,35 @@ class WorkerProcess:
     def exit_signal(self) -> int | None:
         rc = self._popen.returncode
         return -rc if rc is not None and rc < 0 else None
+
+    def child_pid(self) -> int | None:
+        """The pid of the program the nanny runs (``report_child=True``), once reported.
+
+        The nanny's child writes it before it executes the worker program, so it is known
+        as soon as anything the worker wrote has been read (after the handshake, surely).
+        None without ``report_child``, before the report, or if the nanny could not start
+        its child.
+        """
+        if self._child_pid is None and self._report_r >= 0:
+            try:
+                data = os.read(self._report_r, 64)
+            except BlockingIOError:
+                return None
+            except OSError:
+                data = b""
+            self._report += data
+            line, newline, _ = self._report.partition(b"\n")
+            if newline and line.isdigit():
+                self._child_pid = int(line)
+            if newline or not data:  # reported, or the pipe ended without a report
+                self._close_report()
+        return self._child_pid
+
+    def _close_report(self) -> None:
+        if self._report_r >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._report_r)
+            self._report_r = -1
 
     def poll(self) -> int | None:
         """Reap the process if it has exited (never blocks)."""
@@ -232,6 +280,7 @@ class WorkerProcess:
             with contextlib.suppress(OSError):
                 os.close(self._pidfd)
             self._pidfd = None
+        self._close_report()
 
 
 def _notify_closing(fd: int) -> None:
@@ -245,10 +294,18 @@ def _notify_closing(fd: int) -> None:
 
 
 def spawn_worker(
-    argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None, lifeline: bool = True
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str | None,
+    lifeline: bool = True,
+    report_child: bool = False,
 ) -> WorkerProcess:
-    """Start one worker; raises OSError (e.g. the executable does not exist)."""
-    return WorkerProcess(argv, env=env, cwd=cwd, lifeline=lifeline)
+    """Start one worker; raises OSError (e.g. the executable does not exist).
+
+    ``report_child``: ``argv`` starts the nanny, and ``child_pid()`` will tell its child's pid.
+    """
+    return WorkerProcess(argv, env=env, cwd=cwd, lifeline=lifeline, report_child=report_child)
 
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

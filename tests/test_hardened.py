@@ -9,12 +9,15 @@ import subprocess
 import sys
 import textwrap
 import time
+from select import select
 
 import anyio
 import pytest
+import snakepit_bridge.nanny as nanny
 from proc_support import kill_quietly, pid_alive, wait_dead
 
 import snakepit_trio as sp
+from snakepit_trio._process import spawn_worker
 
 TESTING = "snakepit_bridge.testing:TestingHandler"
 HARDENED = sp.PoolConfig(hardened=True, shutdown_grace=0.5, kill_grace=0.5)
@@ -121,3 +124,31 @@ async def test_a_killed_nanny_leaves_nothing_of_the_worker_group_after_the_block
         assert wait_dead([nanny, worker, child], 3.0) == []
     finally:
         kill_quietly(child)
+
+
+CHILD = (
+    "import os, sys; "
+    "print(os.getpid(), os.getppid(), os.environ.get('SNAKEPIT_CHILD_PID_FD'), flush=True); "
+    "sys.stdin.read()"
+)
+
+
+@pytest.mark.parametrize("report", [True, False])
+def test_the_nanny_reports_the_pid_of_the_program_it_runs(report: bool) -> None:
+    argv = [sys.executable, "-I", "-S", nanny.__file__, "--", sys.executable, "-c", CHILD]
+    proc = spawn_worker(argv, env=dict(os.environ), cwd=None, lifeline=False, report_child=report)
+    try:
+        out = b""
+        while not out.endswith(b"\n"):
+            assert select([proc.stdout_fd], [], [], 10)[0]
+            out += os.read(proc.stdout_fd, 100)
+        pid, ppid, seen = out.decode().split()
+        assert int(ppid) == proc.pid and seen == "None", out  # the program never sees the pipe
+        assert proc.child_pid() == (int(pid) if report else None)
+        assert proc.child_pid() == (int(pid) if report else None)  # cached
+        if report:
+            names = os.listdir(f"/proc/{pid}/fd")
+            assert sorted(names) == ["0", "1", "2"]  # nor holds it
+    finally:
+        proc.kill_now()
+        proc.close()

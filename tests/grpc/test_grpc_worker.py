@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import secrets
+import select
 import signal
 import stat
 import subprocess
@@ -37,13 +39,19 @@ from snakepit_bridge.grpc_wire import (
 
 ROOT = Path(__file__).resolve().parents[2]
 BRIDGE = ROOT / "bridges" / "python"
+HERE = Path(__file__).resolve().parent
+TOKEN = secrets.token_urlsafe(32)
 
 
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(BRIDGE), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(BRIDGE), str(HERE), env.get("PYTHONPATH", "")])
     env.update(extra)
     return env
+
+
+def _auth() -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {TOKEN}")]
 
 
 @contextmanager
@@ -161,32 +169,114 @@ def test_tcp_worker_serves_loopback_and_answers_health_and_info() -> None:
         host, _, port = address[len("tcp:") :].rpartition(":")
         assert host == "127.0.0.1"
         channel = Channel(host, int(port), codec=SizeLimitedCodec())
+        auth = _auth()
         try:
-            check = await HealthStub(channel).check(HealthCheckRequest())
+            check = await HealthStub(channel).check(HealthCheckRequest(), metadata=auth)
             assert check.status == HealthCheckResponseServingStatus.SERVING
             stub = SnakepitBridgeStub(channel)
-            info = await stub.info()
+            info = await stub.info(metadata=auth)
             assert info.language == "python" and "stream" in info.features
-            health = await stub.health()
+            health = await stub.health(metadata=auth)
             assert health.serving
-            reply = await stub.execute(ExecuteRequest(command="echo", args=pack({"b": b"\x01"})))
+            request = ExecuteRequest(command="echo", args=pack({"b": b"\x01"}))
+            reply = await stub.execute(request, metadata=auth)
             assert reply.success and unpack(reply.result)["echoed"] == {"b": b"\x01"}
             took = []
             for _ in range(10):
                 started = time.monotonic()
-                await stub.execute(ExecuteRequest(command="ping"))
+                await stub.execute(ExecuteRequest(command="ping"), metadata=auth)
                 took.append(time.monotonic() - started)
             # TCP_NODELAY is on (IPPROTO_TCP listening socket): no 40 ms delayed-ACK stalls.
             assert sorted(took)[5] < 0.03  # the median: a stall of a loaded machine is not Nagle
         finally:
             channel.close()
 
-    with worker("--listen", "tcp") as (proc, address):
+    with worker("--listen", "tcp", SNAKEPIT_GRPC_TOKEN=TOKEN) as (proc, address):
         assert address.startswith("tcp:127.0.0.1:")
         asyncio.run(client(address))
         assert proc.stdin is not None
         proc.stdin.close()
         assert proc.wait(10) == 0
+
+
+@pytest.mark.parametrize("token", [None, "short-token"])
+def test_a_tcp_worker_will_not_start_without_a_token_of_32_characters(token: str | None) -> None:
+    env = _env()
+    env.pop("SNAKEPIT_GRPC_TOKEN", None)
+    if token is not None:
+        env["SNAKEPIT_GRPC_TOKEN"] = token
+    out = subprocess.run(
+        [sys.executable, "-m", "snakepit_bridge", "--transport", "grpc", "--listen", "tcp"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert out.stdout == b""  # no READY line: nothing listened
+    assert b"SNAKEPIT_GRPC_TOKEN" in out.stderr
+
+
+def test_the_worker_says_ready_before_it_builds_its_handler_and_sigterm_cleans_up() -> None:
+    # serve() is given the handler's spec, as the command line does: it binds, announces,
+    # then builds (a slow constructor is bounded by the pool's worker_init_timeout, which
+    # also covers the Info call that waits for it).
+    code = (
+        "import sys; from snakepit_bridge.grpc_server import serve; "
+        "sys.exit(serve('grpc_handlers:SlowInitHandler'))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=_env(SLOW_INIT_SECONDS="120", SNAKEPIT_GRPC_TOKEN=TOKEN),
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert select.select([proc.stdout], [], [], 60)[0], "no READY line within 60 s"
+        line = proc.stdout.readline().decode()
+        assert line.startswith("READY unix:"), line
+        path = _unix_path(line.split()[1])
+
+        async def info_waits() -> None:
+            from grpclib.client import Channel
+
+            channel = Channel(path=path, codec=SizeLimitedCodec())
+            try:
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(SnakepitBridgeStub(channel).info(metadata=_auth()), 1)
+            finally:
+                channel.close()
+
+        asyncio.run(info_waits())  # connected (the backlog), not answered: still building
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 143
+        assert not os.path.lexists(os.path.dirname(path))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        proc.stdout.close()
+
+
+def test_the_worker_serves_its_handlers_commands_and_no_command_of_its_own() -> None:
+    from snakepit_bridge.generic import GenericCommandHandler
+
+    async def client(path: str) -> list[str]:
+        from grpclib.client import Channel
+
+        channel = Channel(path=path, codec=SizeLimitedCodec())
+        try:
+            return list((await SnakepitBridgeStub(channel).info(metadata=_auth())).commands)
+        finally:
+            channel.close()
+
+    with worker(SNAKEPIT_GRPC_TOKEN=TOKEN) as (_, address):
+        commands = asyncio.run(client(_unix_path(address)))
+    assert sorted(commands) == sorted(GenericCommandHandler().get_supported_commands())
 
 
 def test_routes_match_the_generated_service() -> None:

@@ -14,13 +14,27 @@ server, over grpclib on an asyncio loop (the contract is ``proto/snakepit.proto`
   worker exit, so that the pool replaces it rather than share it with a stuck thread.
 - Listening: by default a Unix socket in a new private directory (mode 0700), removed on exit;
   ``--listen tcp`` binds 127.0.0.1 on a free port. Nothing listens on a network interface.
-  Once serving, the worker prints exactly one line, ``READY unix:/path`` or
-  ``READY tcp:127.0.0.1:PORT``, then its stdout is pointed at stderr.
+  Once listening, the worker prints exactly one line, ``READY unix:/path`` or
+  ``READY tcp:127.0.0.1:PORT`` (its stdout is pointed at stderr from the start), and only then
+  builds the handler: calls wait in the socket's backlog until it is built, so a slow
+  constructor is bounded by the pool's ``worker_init_timeout`` (the pool's ``Info`` call waits
+  for it), and the pool can tell a slow start of the process from a slow handler.
+- The token: with ``SNAKEPIT_GRPC_TOKEN`` set (the pool always sets it; TCP refuses to start
+  without one), every call must carry ``authorization: Bearer <token>``, checked in constant
+  time before anything else; any other call gets ``UNAUTHENTICATED`` and nothing else (the
+  handler never runs, the request is not even decoded). The variable is removed from the
+  environment before the handler is built, so the handler's children do not inherit it.
+  ``Info`` answers the pool's challenge with a proof (see ``grpc_wire``).
 - Lifecycle: stdin EOF stops it gracefully (no new requests, the running ones finish, exit 0);
   SIGTERM stops it at once (running requests are cancelled, exit 143). The lifeline of
   docs/protocol.md section 7 works as for the stdio server.
 - Messages over ``SNAKEPIT_MAX_MESSAGE_SIZE`` bytes (default 64 MiB) are refused both ways;
-  a result too large to send becomes a ``MessageTooLarge`` error.
+  a result too large to send becomes a ``MessageTooLarge`` error. An error reply is always
+  sendable: text protobuf cannot carry is escaped, and one over the limit keeps the innermost
+  end of its traceback, then a cut message.
+- Exit status: 0 after stdin EOF; 1 when the handler could not be built (the traceback and
+  a summary naming file, line and cause go to stderr); 2 when ``--listen tcp`` has no token;
+  70 when a cancelled handler would not stop; 143 after SIGTERM.
 """
 
 from __future__ import annotations
@@ -65,15 +79,23 @@ from ._grpc_generated.snakepit.v1 import (
 )
 from .context import Cancelled, RequestContext, bind_context, unbind_context
 from .grpc_wire import (
+    CHALLENGE_KEY,
     DEFAULT_MAX_MESSAGE_SIZE,
     ENV_CANCEL_GRACE,
     ENV_MAX_MESSAGE_SIZE,
+    ENV_TOKEN,
     EXECUTE_STREAM,
+    INFO,
+    MIN_TOKEN_LENGTH,
+    PROOF_KEY,
     SERVICE,
     SHUTTING_DOWN_ERROR_TYPE,
+    TOKEN_KEY,
     TOO_LARGE_ERROR_TYPE,
     SizeLimitedCodec,
     pack,
+    proof,
+    token_matches,
     unpack,
 )
 from .protocol.constants import (
@@ -92,6 +114,8 @@ if TYPE_CHECKING:
 
     from .handler import BaseCommandHandler
 
+    HandlerSource: TypeAlias = BaseCommandHandler | str | Callable[[], BaseCommandHandler] | None
+
 __all__ = ["FEATURES", "GrpcWorkerServer", "serve"]
 
 Emit: TypeAlias = Callable[[list[bytes]], Awaitable[None]]  # sends packed chunks, in one message
@@ -106,6 +130,8 @@ FEATURES: Final = (
 )
 DEFAULT_CANCEL_GRACE: Final = 2.0
 EXIT_OK: Final = 0
+EXIT_HANDLER: Final = 1  # the handler could not be built
+EXIT_USAGE: Final = 2  # TCP without a token
 EXIT_STUCK: Final = 70  # a cancelled handler would not stop
 EXIT_SIGTERM: Final = 143
 #: Chunks a sync generator may produce ahead of the gRPC sender.
@@ -113,6 +139,13 @@ STREAM_WINDOW: Final = 32
 #: Room for the protobuf envelope around a payload.
 _ENVELOPE: Final = 64
 _UNIX_PATH_MAX: Final = 100
+_BACKLOG: Final = 100  # asyncio's default: connections wait here while the handler is built
+# An error reply that does not fit in a message keeps at most this much of its traceback (the
+# innermost end, each line cut to _LINE_CUT characters), then of its message.
+_TRACEBACK_CUT: Final = 8000
+_MESSAGE_CUT: Final = 2000
+_LINE_CUT: Final = 500
+_TYPE_CUT: Final = 200
 _SKIP_IN_TRACEBACKS: Final = (
     os.path.dirname(asyncio.__file__),
     os.path.dirname(inspect.getfile(ThreadPoolExecutor)),
@@ -192,12 +225,14 @@ class BridgeService(SnakepitBridgeBase):  # type: ignore[misc]
         max_message_size: int,
         cancel_grace: float,
         on_stuck: Callable[[RequestContext], None],
+        token: str | None = None,
     ) -> None:
         self.handler = handler
         self.max_concurrency = max_concurrency
         self.max_message_size = max_message_size
         self.cancel_grace = cancel_grace
         self.on_stuck = on_stuck
+        self.token = token
         self.executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="snakepit-handler")
         self.started = time.monotonic()
         self.in_flight = 0
@@ -207,9 +242,11 @@ class BridgeService(SnakepitBridgeBase):  # type: ignore[misc]
 
     def __mapping__(self) -> dict[str, Any]:
         # The streaming route is served here at the stream level (not through the generated
-        # async-generator wrapper), so that leaving it always closes the handler's generator.
+        # async-generator wrapper), so that leaving it always closes the handler's generator;
+        # Info too, to answer the pool's challenge in its initial metadata.
         mapping: dict[str, Any] = super().__mapping__()
         mapping[EXECUTE_STREAM] = mapping[EXECUTE_STREAM]._replace(func=self._rpc_execute_stream)
+        mapping[INFO] = mapping[INFO]._replace(func=self._rpc_info)
         return mapping
 
     async def wait_idle(self) -> None:
@@ -231,6 +268,17 @@ class BridgeService(SnakepitBridgeBase):  # type: ignore[misc]
 
         end = await self._run(request, emit)
         await stream.send_message(StreamReply(end=end))
+
+    async def _rpc_info(self, stream: grpclib.server.Stream[InfoRequest, InfoReply]) -> None:
+        """``Info``, proving to the pool that this process holds the worker's token."""
+        request = await stream.recv_message()
+        metadata = stream.metadata
+        challenge = metadata.get(CHALLENGE_KEY) if metadata is not None else None
+        if self.token is not None and isinstance(challenge, str) and len(challenge) <= 256:
+            await stream.send_initial_metadata(
+                metadata=((PROOF_KEY, proof(self.token, challenge)),)
+            )
+        await stream.send_message(await self.info(request or InfoRequest()))
 
     async def health(self, message: HealthRequest) -> HealthReply:
         return HealthReply(
@@ -266,7 +314,10 @@ class BridgeService(SnakepitBridgeBase):  # type: ignore[misc]
         command = request.command
         function = self.handler.get_command(command)
         if function is None:
-            return _failure(f"Unknown command: {command}", UNSUPPORTED_ERROR_TYPE)
+            from .handler import unknown_command_message
+
+            known = self.handler.get_supported_commands()
+            return _failure(unknown_command_message(command, known), UNSUPPORTED_ERROR_TYPE)
         try:
             args = unpack(request.args) if request.args else {}
         except Exception as exc:
@@ -285,7 +336,7 @@ class BridgeService(SnakepitBridgeBase):  # type: ignore[misc]
         except Cancelled:
             return _failure("cancelled", CANCELLED_ERROR_TYPE)
         except Exception as exc:
-            return _error(exc)
+            return _error(exc, self.max_message_size)
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
@@ -296,7 +347,7 @@ class BridgeService(SnakepitBridgeBase):  # type: ignore[misc]
         """Pack a result or chunk; too large to send is an error of the request."""
         try:
             payload = pack(value)
-        except (TypeError, ValueError, OverflowError) as exc:
+        except Exception as exc:  # TypeError, ValueError, OverflowError, or a __len__ failing
             raise TypeError(f"cannot send the value as MessagePack: {exc}") from None
         if len(payload) + _ENVELOPE > self.max_message_size:
             raise _TooLarge(
@@ -490,12 +541,51 @@ class HealthService(HealthBase):  # type: ignore[misc]
         )
 
 
+class _Guard:
+    """Every route of some services, each refusing a call that lacks the worker's token.
+
+    The check runs before the route's function, so a refused call is not even decoded: the
+    caller gets ``UNAUTHENTICATED`` and nothing else.
+    """
+
+    def __init__(self, services: list[Any], token: str) -> None:
+        self._services = services
+        self._expected = token.encode()
+
+    def __mapping__(self) -> dict[str, Any]:
+        mapping: dict[str, Any] = {}
+        for service in self._services:
+            for name, route in service.__mapping__().items():
+                mapping[name] = route._replace(func=self._guarded(route.func))
+        return mapping
+
+    def _guarded(
+        self, func: Callable[[grpclib.server.Stream[Any, Any]], Awaitable[None]]
+    ) -> Callable[[grpclib.server.Stream[Any, Any]], Awaitable[None]]:
+        expected = self._expected
+
+        async def guarded(stream: grpclib.server.Stream[Any, Any]) -> None:
+            metadata = stream.metadata
+            values = metadata.getall(TOKEN_KEY, []) if metadata is not None else []
+            if not token_matches(values, expected):
+                raise GRPCError(Status.UNAUTHENTICATED, "this worker answers its pool only")
+            await func(stream)
+
+        return guarded
+
+
 class GrpcWorkerServer:
-    """One worker process's gRPC server, from bind to clean-up. ``run()`` returns the exit code."""
+    """One worker process's gRPC server, from bind to clean-up.
+
+    ``bind()`` listens and ``announce()`` writes the READY line, both at once, so that the
+    handler can be built in between while connections wait in the backlog; ``run()`` serves
+    until stdin EOF or SIGTERM (binding and announcing first if that is not done yet) and
+    returns the exit code; ``close()`` removes what ``bind()`` made.
+    """
 
     def __init__(
         self,
-        handler: BaseCommandHandler,
+        handler: BaseCommandHandler | None = None,
         *,
         listen: str = "unix",
         max_concurrency: int = 64,
@@ -503,9 +593,17 @@ class GrpcWorkerServer:
         cancel_grace: float = DEFAULT_CANCEL_GRACE,
         stdin_fd: int | None = None,
         ready_fd: int | None = None,
+        token: str | None = None,
     ) -> None:
         if listen not in ("unix", "tcp"):
             raise ValueError(f"listen must be 'unix' or 'tcp', not {listen!r}")
+        if token is not None and len(token) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"the token {ENV_TOKEN} needs {MIN_TOKEN_LENGTH} characters or more")
+        if listen == "tcp" and token is None:
+            raise ValueError(
+                f"refusing to listen on TCP without a token in {ENV_TOKEN}: any local user "
+                "could call this worker"
+            )
         self.handler = handler
         self.listen = listen
         self.max_concurrency = max(1, max_concurrency)
@@ -513,31 +611,43 @@ class GrpcWorkerServer:
         self.cancel_grace = cancel_grace
         self.stdin_fd = stdin_fd
         self.ready_fd = ready_fd
+        self.token = token
         self.address = ""
         self.socket_dir: str | None = None
         self.stdin_closed = False
+        self._sock: socket.socket | None = None
         self._exit_code = EXIT_OK
         self._stop: asyncio.Event | None = None  # stdin EOF or SIGTERM
         self._terminated: asyncio.Event | None = None  # SIGTERM
 
-    async def run(self) -> int:
+    async def run(self, handler: BaseCommandHandler | None = None) -> int:
+        if handler is None:
+            handler = self.handler
+        if handler is None:
+            raise ValueError("no command handler to serve")
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._terminated = asyncio.Event()
         service = BridgeService(
-            self.handler,
+            handler,
             max_concurrency=self.max_concurrency,
             max_message_size=self.max_message_size,
             cancel_grace=self.cancel_grace,
             on_stuck=self._stuck,
+            token=self.token,
         )
+        services: list[Any] = [service, HealthService(service)]
         server = grpclib.server.Server(
-            [service, HealthService(service)], codec=SizeLimitedCodec(self.max_message_size)
+            [_Guard(services, self.token)] if self.token is not None else services,
+            codec=SizeLimitedCodec(self.max_message_size),
         )
-        loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)  # before the socket exists
+        loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)  # before serving anything
         try:
-            await self._bind(server)
-            self._announce()
+            if self._sock is None:
+                self.bind()
+                self.announce()
+            assert self._sock is not None
+            await server.start(sock=self._sock)
             if self.stdin_fd is not None:
                 loop.add_reader(self.stdin_fd, self._on_stdin)
             await self._stop.wait()
@@ -553,7 +663,7 @@ class GrpcWorkerServer:
             if self.stdin_fd is not None:
                 loop.remove_reader(self.stdin_fd)
             service.executor.shutdown(wait=False, cancel_futures=True)
-            self.remove_socket()
+            self.close()
         return self._exit_code
 
     async def _until_idle_or_terminated(self, service: BridgeService) -> None:
@@ -569,19 +679,20 @@ class GrpcWorkerServer:
             for wait in waits:
                 wait.cancel()
 
-    async def _bind(self, server: grpclib.server.Server) -> None:
+    def bind(self) -> None:
+        """Make the listening socket (connections queue in its backlog until ``run()``)."""
         if self.listen == "tcp":
             # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP
             # (accepted sockets inherit it); without it each call waits ~40 ms on delayed ACKs.
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             try:
                 sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-                await server.start(sock=sock)
+                sock.listen(_BACKLOG)
             except BaseException:
                 sock.close()
                 raise
-            self.address = f"tcp:127.0.0.1:{port}"
+            self._sock = sock
+            self.address = f"tcp:127.0.0.1:{sock.getsockname()[1]}"
             return
         directory = tempfile.mkdtemp(prefix="snakepit-grpc-")  # mode 0700
         if len(directory) + len("/worker.sock") > _UNIX_PATH_MAX:
@@ -589,11 +700,18 @@ class GrpcWorkerServer:
             directory = tempfile.mkdtemp(prefix="snakepit-grpc-", dir="/tmp")
         self.socket_dir = directory
         path = os.path.join(directory, "worker.sock")
-        await server.start(path=path)
-        os.chmod(path, 0o600)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            os.chmod(path, 0o600)
+            sock.listen(_BACKLOG)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
         self.address = f"unix:{path}"
 
-    def _announce(self) -> None:
+    def announce(self) -> None:
         line = f"READY {self.address}\n".encode()
         if self.ready_fd is None:
             os.write(1, line)
@@ -603,6 +721,12 @@ class GrpcWorkerServer:
         finally:
             os.close(self.ready_fd)
             self.ready_fd = None
+
+    def close(self) -> None:
+        """Close the listening socket and remove its directory (idempotent)."""
+        if self._sock is not None:
+            self._sock.close()
+        self.remove_socket()
 
     def remove_socket(self) -> None:
         if self.socket_dir is not None:
@@ -643,33 +767,96 @@ class GrpcWorkerServer:
         os._exit(EXIT_STUCK)
 
 
-def serve(handler: BaseCommandHandler, *, listen: str = "unix", max_concurrency: int = 64) -> int:
-    """Run the gRPC worker until stdin EOF or SIGTERM; return the exit status."""
-    stdin_fd, ready_fd = _claim_stdio()
-    os.set_blocking(stdin_fd, False)
-    _lifeline.start(os.environ)
-    server = GrpcWorkerServer(
-        handler,
-        listen=listen,
-        max_concurrency=max_concurrency,
-        max_message_size=_env_number(ENV_MAX_MESSAGE_SIZE, DEFAULT_MAX_MESSAGE_SIZE, int),
-        cancel_grace=_env_number(ENV_CANCEL_GRACE, DEFAULT_CANCEL_GRACE, float),
-        stdin_fd=stdin_fd,
-        ready_fd=ready_fd,
-    )
-    loop = asyncio.new_event_loop()
+class _Terminated(SystemExit):
+    """SIGTERM while the handler is being built (raised in the main thread)."""
+
+
+def serve(handler: HandlerSource = None, *, listen: str = "unix", max_concurrency: int = 64) -> int:
+    """Run the gRPC worker until stdin EOF or SIGTERM; return the exit status.
+
+    ``handler`` is a handler instance, or what to build one from once the socket listens: a
+    ``"package.module:Class"`` spec (or ``"path/file.py:Class"``), a callable returning one,
+    or None for the generic handler.
+    """
+    # First of all, before any code that could start a process: the handler's children must
+    # not inherit the token (os.environ.pop also unsets it in the C environment).
+    token = os.environ.pop(ENV_TOKEN, None) or None
     try:
-        code = loop.run_until_complete(server.run())
+        server = GrpcWorkerServer(
+            listen=listen,
+            max_concurrency=max_concurrency,
+            max_message_size=_env_number(ENV_MAX_MESSAGE_SIZE, DEFAULT_MAX_MESSAGE_SIZE, int),
+            cancel_grace=_env_number(ENV_CANCEL_GRACE, DEFAULT_CANCEL_GRACE, float),
+            token=token,
+        )
+    except ValueError as exc:
+        _log(str(exc))
+        return EXIT_USAGE
+    server.stdin_fd, server.ready_fd = _claim_stdio()
+    os.set_blocking(server.stdin_fd, False)
+    _lifeline.start(os.environ)
+    code = EXIT_HANDLER
+    # Until the event loop takes SIGTERM over, it raises _Terminated (a SystemExit) in the
+    # main thread: in the handler's constructor, its ``finally`` blocks run; either way the
+    # socket is removed and the exit status is 143.
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        server.bind()
+        server.announce()
+        built = _build_handler(handler)
+        if built is not None:
+            loop = asyncio.new_event_loop()
+            try:
+                code = loop.run_until_complete(server.run(built))
+            finally:
+                try:
+                    _cancel_leftovers(loop)
+                finally:
+                    loop.close()
+    except _Terminated:
+        code = EXIT_SIGTERM
     finally:
-        server.remove_socket()
-        try:
-            _cancel_leftovers(loop)
-        finally:
-            loop.close()
+        server.close()
     if server.stdin_closed and _lifeline.pool_gone(0.05):
         # Stdin and the lifeline both closed: the pool died rather than closed us.
         _lifeline.kill_group("stdin and the lifeline closed")
     return code
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated(EXIT_SIGTERM)
+
+
+def _build_handler(source: HandlerSource) -> BaseCommandHandler | None:
+    """The handler ``source`` names or builds; None after printing why it could not be built."""
+    from .handler import BaseCommandHandler
+
+    if isinstance(source, BaseCommandHandler):
+        return source
+    name = source if isinstance(source, str) else getattr(source, "__qualname__", repr(source))
+    try:
+        if source is None or isinstance(source, str):
+            from .handler import load_handler
+
+            handler = load_handler(source or None)
+        else:
+            handler = source()
+        if not isinstance(handler, BaseCommandHandler):
+            raise TypeError(f"{name} built a {type(handler).__name__}, not a BaseCommandHandler")
+    except _Terminated:
+        raise
+    except (Exception, SystemExit) as exc:
+        import traceback
+
+        from .handler import load_failure_message
+
+        try:
+            traceback.print_exception(exc, file=sys.stderr)
+        except Exception:  # stderr itself is broken: nothing more to say
+            pass
+        _log(load_failure_message(name or "snakepit_bridge.generic:GenericCommandHandler", exc))
+        return None
+    return handler
 
 
 def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
@@ -700,15 +887,83 @@ def _close(generator: Generator[Any, Any, Any]) -> None:
         _log(f"error while closing the generator of a stream: {exc!r}")
 
 
-def _failure(message: str, error_type: str, traceback: str = "") -> ExecuteReply:
+def _failure(
+    message: str,
+    error_type: str,
+    traceback: str = "",
+    limit: int = DEFAULT_MAX_MESSAGE_SIZE,
+) -> ExecuteReply:
+    """An error reply that can always be sent (see ``_sendable_error``)."""
+    message, error_type, traceback = _sendable_error(message, error_type, traceback, limit)
     return ExecuteReply(
         success=False, error=Error(message=message, error_type=error_type, traceback=traceback)
     )
 
 
-def _error(exc: BaseException) -> ExecuteReply:
+def _error(exc: BaseException, limit: int = DEFAULT_MAX_MESSAGE_SIZE) -> ExecuteReply:
     error_type = TOO_LARGE_ERROR_TYPE if isinstance(exc, _TooLarge) else type(exc).__name__
-    return _failure(str(exc) or type(exc).__name__, error_type, _format_traceback(exc))
+    return _failure(str(exc) or type(exc).__name__, error_type, _format_traceback(exc), limit)
+
+
+def _sendable_error(
+    message: str, error_type: str, traceback: str, limit: int
+) -> tuple[str, str, str]:
+    """The error's fields, escaped where protobuf cannot carry them (lone surrogates), and cut
+    to fit in a message of ``limit`` bytes: the traceback first (its innermost end is kept),
+    then the message (its start is kept), then the traceback goes."""
+    room = limit - _ENVELOPE
+    fields = [_utf8(message), _utf8(error_type), _utf8(traceback)]
+    for step in range(4):
+        if sum(size for _, size in fields) <= room:
+            break
+        (message, _), (error_type, _), (traceback, _) = fields
+        if step == 0:
+            fields = [
+                fields[0],
+                _utf8(_cut(error_type, _TYPE_CUT)),
+                _utf8(_cut_traceback(traceback)),
+            ]
+        elif step == 1:
+            fields[0] = _utf8(_cut(message, _MESSAGE_CUT))
+        elif step == 2:
+            fields[2] = ("", 0)
+        else:  # a limit below a few kilobytes: what is left of the room, four bytes a character
+            share = max(0, (room - fields[1][1]) // 4)
+            fields[0] = _utf8(message[:share])
+    return fields[0][0], fields[1][0], fields[2][0]
+
+
+def _utf8(text: str) -> tuple[str, int]:
+    """``text`` as protobuf can carry it, and its size in bytes."""
+    try:
+        return text, len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate (an undecodable file name, say): escape it
+        data = text.encode("utf-8", "backslashreplace")
+        return data.decode("utf-8"), len(data)
+
+
+def _cut(text: str, size: int) -> str:
+    if len(text) <= size:
+        return text
+    note = f" ... [cut: {len(text)} characters in all]"
+    return text[: max(0, size - len(note))] + note
+
+
+def _cut_traceback(text: str) -> str:
+    """The innermost end of a traceback, in at most ``_TRACEBACK_CUT`` characters."""
+    if len(text) <= _TRACEBACK_CUT:
+        return text
+    head = "[traceback cut: its innermost end follows]"
+    kept: list[str] = []
+    size = len(head)
+    for line in reversed(text.rsplit("\n", _TRACEBACK_CUT)):  # at most that many lines fit
+        line = _cut(line, _LINE_CUT)
+        size += len(line) + 1
+        if size > _TRACEBACK_CUT:
+            break
+        kept.append(line)
+    kept.append(head)
+    return "\n".join(reversed(kept))
 
 
 def _format_traceback(exc: BaseException) -> str:

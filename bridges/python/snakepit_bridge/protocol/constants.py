@@ -50,6 +50,8 @@ ENV_RUN_ID: Final = "SNAKEPIT_RUN_ID"
 # The pool's session TTL in seconds: worker-side per-session state idle longer may be freed.
 ENV_SESSION_TTL: Final = "SNAKEPIT_SESSION_TTL"
 ENV_WORKER_ID: Final = "SNAKEPIT_WORKER_ID"
+# Hardened mode: a pipe on which the nanny's child reports its pid before it runs the worker.
+ENV_CHILD_PID_FD: Final = "SNAKEPIT_CHILD_PID_FD"
 
 _last_second = -1
 _last_prefix = ""
