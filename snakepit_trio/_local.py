@@ -101,6 +101,8 @@ class LocalProcessTransport:
         env[constants.ENV_WORKER_ID] = str(self._context.slot_id)
         env[constants.ENV_LIFELINE_GRACE] = str(config.shutdown_grace)
         env[constants.ENV_SESSION_TTL] = str(config.session_ttl)
+        if config.heartbeat_timeout is not None:
+            env[constants.ENV_HEARTBEAT_INTERVAL] = str(config.heartbeat_interval)
         return env
 
     async def start(self) -> None:

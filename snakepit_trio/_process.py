@@ -248,6 +248,7 @@ class WorkerProcess:
             step = "sigterm"
         if step == "sigterm":
             self.signal_group(signal.SIGTERM)
+            self.signal_group(signal.SIGCONT)  # a stopped worker handles its SIGTERM now
             if not await self.wait(kill_grace):
                 step = "sigkill"
         # Always: the group may hold grandchildren even when the leader exited cleanly.

@@ -25,6 +25,7 @@ stdout is closed; 1 when the handler could not be loaded; 2 when the input break
 
 from __future__ import annotations
 
+import _thread
 import os
 import sys
 import time
@@ -41,7 +42,9 @@ from .protocol.constants import (
     CANCELLED_ERROR_TYPE,
     CHUNK,
     CREDIT,
+    ENV_HEARTBEAT_INTERVAL,
     FEATURE_HEARTBEAT,
+    HEARTBEAT,
     PROTOCOL_NEGOTIATION,
     PROTOCOL_SELECTED,
     SHUTDOWN,
@@ -59,7 +62,7 @@ from .protocol.framing import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal as _signal
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from types import FrameType, TracebackType
     from typing import Any, TypeAlias, TypeGuard
 
@@ -73,7 +76,8 @@ else:  # ``signal`` wraps ``_signal`` in enums, which cost ~3 ms of start-up
 
 __all__ = ["DEFAULT_MAX_CONCURRENCY", "FEATURES", "ProtocolHandler"]
 
-FEATURES = sorted(ALL_FEATURES - {FEATURE_HEARTBEAT})  # heartbeats: not sent
+# Heartbeats are announced only when the pool asks for them (``ENV_HEARTBEAT_INTERVAL``).
+FEATURES = sorted(ALL_FEATURES - {FEATURE_HEARTBEAT})
 DEFAULT_MAX_CONCURRENCY = 64
 SHUTTING_DOWN_ERROR_TYPE = "ShuttingDown"
 EXIT_OK = 0
@@ -195,6 +199,10 @@ class ProtocolHandler:
         self._eof = False
         self._shutdown = False
         self._exit_code = EXIT_OK
+        # Heartbeats: a thread writes one every interval while a request runs, so the pool can
+        # tell a stopped or wedged worker from a busy one. Writes then share a lock.
+        self._heartbeat_interval = _heartbeat_interval(os.environ)
+        self._write_lock: Any = None
 
     # ------------------------------------------------------------------ the main loop
 
@@ -437,7 +445,9 @@ class ProtocolHandler:
         reply: dict[str, Any] = {
             "type": PROTOCOL_SELECTED,
             "protocol": protocol,
-            "features": FEATURES,
+            "features": sorted([*FEATURES, FEATURE_HEARTBEAT])
+            if self._heartbeat_interval
+            else FEATURES,
             "max_concurrency": self.max_concurrency,
             "info": self._info(),
         }
@@ -457,6 +467,27 @@ class ProtocolHandler:
         self._outbox.append(frame)
         self._flush()
         self._codec = get_codec(protocol)
+        if self._heartbeat_interval:
+            self._write_lock = _thread.allocate_lock()
+            _thread.start_new_thread(self._heartbeats, (self._heartbeat_interval,))
+
+    def _heartbeats(self, interval: float) -> None:
+        """The heartbeat thread: one frame per ``interval`` while a request runs. A handler
+        that holds the GIL (a long C call) starves it: the pool then takes the worker for
+        wedged once ``heartbeat_timeout`` passes."""
+        codec = self._codec
+        assert codec is not None and self._write_lock is not None
+        while not self._eof:
+            time.sleep(interval)
+            if self._job is None:
+                continue
+            payload = codec.encode({"type": HEARTBEAT, "timestamp": utc_timestamp()})
+            frame = len(payload).to_bytes(4, "big") + payload
+            with self._write_lock:
+                try:
+                    os.write(self._out, frame)
+                except OSError:
+                    return
 
     def _info(self) -> dict[str, Any]:
         from . import __version__
@@ -659,6 +690,14 @@ class ProtocolHandler:
         outbox = self._outbox
         if not outbox:
             return
+        lock = self._write_lock
+        if lock is None:
+            self._write_out(outbox)
+        else:
+            with lock:  # a heartbeat never lands inside a frame
+                self._write_out(outbox)
+
+    def _write_out(self, outbox: list[bytes]) -> None:
         buffers: list[bytes | memoryview] = list(outbox)
         outbox.clear()
         try:
@@ -675,6 +714,15 @@ class ProtocolHandler:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _heartbeat_interval(environ: Mapping[str, str]) -> float:
+    """The interval the pool asked for (0: no heartbeats)."""
+    try:
+        value = float(environ.get(ENV_HEARTBEAT_INTERVAL, "0"))
+    except ValueError:
+        return 0.0
+    return value if 0.01 <= value <= 3600 else 0.0
 
 
 def _claim_stdio() -> tuple[int, int]:

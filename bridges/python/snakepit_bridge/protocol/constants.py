@@ -52,6 +52,9 @@ ENV_SESSION_TTL: Final = "SNAKEPIT_SESSION_TTL"
 ENV_WORKER_ID: Final = "SNAKEPIT_WORKER_ID"
 # Hardened mode: a pipe on which the nanny's child reports its pid before it runs the worker.
 ENV_CHILD_PID_FD: Final = "SNAKEPIT_CHILD_PID_FD"
+#: Seconds between heartbeats while busy; the pool sets it, and the bridge announces
+#: ``heartbeat`` only then.
+ENV_HEARTBEAT_INTERVAL: Final = "SNAKEPIT_HEARTBEAT_INTERVAL"
 
 _last_second = -1
 _last_prefix = ""
