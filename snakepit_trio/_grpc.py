@@ -384,6 +384,8 @@ class GrpcWorker(Worker):
                 except Exception as exc:  # pragma: no cover - closing is best effort
                     logger.debug("worker %d: closing its channel failed: %r", self.id, exc)
             self._remotes.clear()
+            if self.address is not None and proc.poll() is not None:
+                _remove_socket_dir(self.address)
 
     # ------------------------------------------------------------------ requests
     def begin(self, request_id: int, command: str, frame: bytes, stream: bool) -> _Call:
@@ -501,6 +503,25 @@ class GrpcWorker(Worker):
         if remote is not None:
             self._flush(call, remote)
         self._route(response)
+
+
+def _remove_socket_dir(address: str) -> None:
+    """Remove a dead worker's socket and its private directory, which it removes itself on
+    any exit but SIGKILL. Only what the bridge makes: ``.../snakepit-grpc-*/worker.sock``,
+    ours, nothing else in it (``rmdir`` fails on anything more)."""
+    kind, _, path = address.partition(":")
+    directory, name = os.path.split(path)
+    if kind != "unix" or name != "worker.sock":
+        return
+    if not os.path.basename(directory).startswith("snakepit-grpc-"):
+        return
+    try:
+        if os.lstat(directory).st_uid != os.getuid():
+            return
+        os.unlink(path)
+        os.rmdir(directory)
+    except OSError:
+        pass  # already gone (it exited cleanly), or not ours to remove
 
 
 def _cancel_task(remote: _Remote) -> None:
