@@ -380,6 +380,9 @@ class GrpcTransport(LocalProcessTransport):
             except Exception as exc:  # pragma: no cover - closing is best effort
                 logger.debug("closing a worker's channel failed: %r", exc)
         self._remotes.clear()
+        proc = self._proc
+        if self.address is not None and proc is not None and proc.poll() is not None:
+            _remove_socket_dir(self.address)
 
     # -- on the gRPC loop
     def _launch(
@@ -465,6 +468,25 @@ class GrpcTransport(LocalProcessTransport):
             return
         self._flush(call, remote)
         sink.response(response)
+
+
+def _remove_socket_dir(address: str) -> None:
+    """Remove a dead worker's socket and its private directory, which it removes itself on
+    any exit but SIGKILL. Only what the bridge makes: ``.../snakepit-grpc-*/worker.sock``,
+    ours, nothing else in it (``rmdir`` fails on anything more)."""
+    kind, _, path = address.partition(":")
+    directory, name = os.path.split(path)
+    if kind != "unix" or name != "worker.sock":
+        return
+    if not os.path.basename(directory).startswith("snakepit-grpc-"):
+        return
+    try:
+        if os.lstat(directory).st_uid != os.getuid():
+            return
+        os.unlink(path)
+        os.rmdir(directory)
+    except OSError:
+        pass  # already gone (it exited cleanly), or not ours to remove
 
 
 def _cancel_task(remote: _Remote) -> None:

@@ -22,7 +22,7 @@ import trio.testing
 from proc_support import kill_quietly, pid_alive, wait_dead
 
 import snakepit_trio as sp
-from snakepit_trio._orphans import OrphanInfo, kill_orphans
+from snakepit_trio._orphans import OrphanInfo, kill_orphans, new_run_id
 from snakepit_trio._process import spawn_worker
 
 HANDLERS = str(Path(__file__).parent / "handlers")
@@ -270,7 +270,10 @@ def test_real_ctrl_c_leaves_no_process() -> None:
 
 
 def test_sweep_orphans_kills_leftovers_of_a_dead_run_only() -> None:
-    dead_run = "999999999-1-deadbeef"  # no such pool pid
+    pool = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead_run = new_run_id().replace(f"{os.getpid()}-", f"{pool.pid}-", 1)
+    pool.kill()  # the pool is gone (and started at another time than this process)
+    pool.wait()
     leftover = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)"],
         env={**os.environ, "SNAKEPIT_RUN_ID": dead_run, "SNAKEPIT_WORKER_ID": "0"},

@@ -116,6 +116,10 @@ def listening_port(pid: int) -> int:
     return int(ports[0])
 
 
+def gone(path: str) -> bool:
+    return not os.path.lexists(path)
+
+
 def proc_file(pid: int, name: str) -> bytes:
     with open(f"/proc/{pid}/{name}", "rb") as handle:
         return handle.read()
@@ -389,6 +393,9 @@ async def test_a_sigkilled_worker_fails_its_calls_at_once_while_a_child_holds_it
     async with sp.open_pool(adapter(), size=1, config=CONFIG) as pool:
         pid = pool.workers()[0].pid
         assert pid is not None
+        sockets = {c.laddr for c in psutil.Process(pid).net_connections(kind="unix") if c.laddr}
+        assert len(sockets) == 1, sockets
+        directory = os.path.dirname(str(sockets.pop()))
         # The child inherits the worker's stdout and stderr (both the stderr pipe by now).
         child = (await pool.execute("spawn_child"))["pid"]
         try:
@@ -413,8 +420,10 @@ async def test_a_sigkilled_worker_fails_its_calls_at_once_while_a_child_holds_it
             assert outcome[0].signal == signal.SIGKILL
             # The bound is the point: about a second, not the call's 60 s timeout.
             assert took < 3.0, f"the call failed {took:.1f} s after the worker died"
-            # A fresh worker serves the next call.
+            # A fresh worker serves the next call; the dead one's socket directory is removed
+            # (it could not remove it itself).
             assert (await pool.execute("getpid", timeout=20))["pid"] != pid
+            assert gone(directory)
         finally:
             kill_quietly(child)
         for _ in range(100):
