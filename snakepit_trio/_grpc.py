@@ -191,22 +191,19 @@ class _ThreadHub(_Hub):
         self._thread.join(1.0)  # it has sent its last word: it ends at once
 
 
-def _new_hub() -> _Hub:
-    import sniffio
-
-    library = sniffio.current_async_library()
-    if library == "trio":
+def _new_hub(backend: str) -> _Hub:
+    if backend == "trio":
         return _ThreadHub()
-    if library == "asyncio":
+    if backend == "asyncio":
         return _DirectHub()
-    raise RuntimeError(f"the gRPC transport runs under trio or asyncio, not {library}")
+    raise RuntimeError(f"the gRPC transport runs under trio or asyncio, not {backend}")
 
 
 def _pool_hub(context: TransportContext) -> _Hub:
     """The pool's hub, made by its first gRPC transport and closed with the pool."""
     hub = context.shared.get("grpc_hub")
     if hub is None:
-        hub = context.shared["grpc_hub"] = _new_hub()
+        hub = context.shared["grpc_hub"] = _new_hub(context.backend.name)
         context.shared.setdefault("closers", []).append(hub.aclose)
     assert isinstance(hub, _Hub)
     return hub

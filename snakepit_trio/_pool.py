@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, TypeVar, cast, final
 
 import anyio
 import anyio.abc
@@ -48,6 +48,7 @@ __all__ = ["ChunkStream", "Pool", "open_pool"]
 logger = logging.getLogger("snakepit_trio")
 logger.addHandler(logging.NullHandler())
 
+_T = TypeVar("_T")
 _UNKNOWN_COMMAND_PREFIXES: Final = ("unknown command", "unsupported command")
 
 
@@ -94,7 +95,18 @@ def _response_error(response: Any) -> SnakepitError:
     return CommandError(message, error_type, response.traceback)
 
 
-class ChunkStream:
+class _NoPublicConstructor(type):
+    """Instances come from the library (``open_pool``, ``pool.stream``), as in trio."""
+
+    def __call__(cls, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError(f"{cls.__module__}.{cls.__qualname__} has no public constructor")
+
+    def _create(cls: type[_T], *args: Any, **kwargs: Any) -> _T:
+        return cast(_T, type.__call__(cls, *args, **kwargs))
+
+
+@final
+class ChunkStream(metaclass=_NoPublicConstructor):
     """The chunks of one streaming call, as an async iterator.
 
     Use it only inside its ``async with pool.stream(...)`` block. After the iteration ends,
@@ -160,7 +172,8 @@ class ChunkStream:
             await call.chunk_event.wait()
 
 
-class Pool:
+@final
+class Pool(metaclass=_NoPublicConstructor):
     """A running pool; get one from ``open_pool``."""
 
     def __init__(self, adapter: Adapter, size: int, config: PoolConfig) -> None:
@@ -269,7 +282,9 @@ class Pool:
         credits = (
             self.config.stream_credits if constants.FEATURE_CREDIT in worker.features else None
         )
-        chunks = ChunkStream(call, worker, credits, self.config.stream_window, self._new_event)
+        chunks = ChunkStream._create(
+            call, worker, credits, self.config.stream_window, self._new_event
+        )
         outcome: tm.Outcome = "error"
         # The deadline is the pool's to enforce, never a cancel scope around the block: the
         # block may be an async generator's body (a web response), which cannot hold one
@@ -976,7 +991,7 @@ async def open_pool(
         config = PoolConfig()
     elif not isinstance(config, PoolConfig):
         raise TypeError(f"config must be a PoolConfig, not {type(config).__name__}")
-    pool = Pool(adapter, size, config)
+    pool = Pool._create(adapter, size, config)
     # What the block (or the start) raised is kept out of the task group and re-raised as
     # it was, so the group's wrapping never touches a user's exception (its cause, its own
     # exception groups). Only the pool's own tasks' errors come out of the group.

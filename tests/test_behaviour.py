@@ -1,5 +1,7 @@
 """One behaviour suite, run against every shipped worker: the Python bridge over stdio, the
-Node bridge over stdio, and the Python bridge over gRPC; on both anyio backends.
+Node bridge over stdio, and the Python bridge over gRPC; on both anyio backends. It runs
+against an in-memory test transport too (``memory_transport.py``), proof that a transport is
+one module with no change to the slot or the pool.
 
 What a user relies on whichever worker they pick: results and their shapes, errors, bytes,
 sessions, streams, cancellation, crash recovery, and a clean shutdown.
@@ -14,6 +16,7 @@ import signal
 from collections.abc import Callable
 
 import anyio
+import memory_transport
 import pytest
 from proc_support import wait_dead
 
@@ -28,6 +31,7 @@ BRIDGES: dict[str, Callable[[], sp.Adapter]] = {
     "python": sp.PythonAdapter,
     "node": sp.NodeAdapter,
     "grpc": lambda: sp.GrpcPythonAdapter(),  # resolved lazily: the grpc extra is optional
+    "memory": memory_transport.MemoryAdapter,
 }
 
 
@@ -48,6 +52,14 @@ async def worker_pid(pool: sp.Pool, session: str | None = None) -> int:
         else await pool.execute("info")
     )
     return int(info["system_info"]["pid"])
+
+
+def kill(adapter: sp.Adapter, pid: int) -> None:
+    """SIGKILL the worker ``pid`` (the memory transport plays it)."""
+    if isinstance(adapter, memory_transport.MemoryAdapter):
+        memory_transport.kill(pid)
+    else:
+        os.kill(pid, signal.SIGKILL)
 
 
 async def test_results_errors_and_bytes(adapter: sp.Adapter) -> None:
@@ -112,7 +124,7 @@ async def test_a_killed_worker_fails_its_call_and_is_replaced(adapter: sp.Adapte
 
             tg.start_soon(doomed)
             await anyio.sleep(0.3)
-            os.kill(victim, signal.SIGKILL)
+            kill(adapter, victim)
         with anyio.fail_after(10):
             replacement = await worker_pid(pool)
         assert replacement != victim
@@ -124,10 +136,11 @@ async def test_no_process_outlives_the_pool(adapter: sp.Adapter) -> None:
         pids = [w.pid for w in pool.workers() if w.pid is not None]
         pids += [await worker_pid(pool)]
     assert wait_dead(pids, 3.0) == []
+    assert not set(pids) & set(memory_transport._live)
 
 
 def test_every_bridge_is_listed() -> None:
     """The suite must grow with the bridges: a new adapter class needs a row above."""
     shipped = {"PythonAdapter", "NodeAdapter", "GrpcPythonAdapter"}
     assert shipped <= set(dir(sp))
-    assert len(BRIDGES) == len(shipped)
+    assert len(BRIDGES) == len(shipped) + 1  # and the memory transport
