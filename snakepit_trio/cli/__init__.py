@@ -37,9 +37,9 @@ import anyio
 
 import snakepit_trio as sp
 
-from ._adapters import Wire
-from ._config import MAX_SECONDS, validate_size
-from ._progress import Progress, use_colour
+from .._adapters import Wire
+from .._config import MAX_SECONDS, validate_size
+from .._progress import Progress, use_colour
 
 __all__ = ["main"]
 
