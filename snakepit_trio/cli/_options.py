@@ -78,13 +78,9 @@ def _make_adapter(spec: str, kind: str, rest: str, wire: Wire) -> sp.Adapter:
     if kind == "python":
         return sp.PythonAdapter(_handler(spec, rest), wire=wire)
     if kind == "grpc":
-        grpc_adapter = getattr(sp, "GrpcPythonAdapter", None)
-        if grpc_adapter is None:
-            raise CliError(f"this snakepit_trio {sp.__version__} has no gRPC adapter")
         if wire != "auto":
             raise UsageError("--wire does not apply to the grpc adapter (it speaks protobuf)")
-        adapter: sp.Adapter = grpc_adapter(_handler(spec, rest))
-        return adapter
+        return sp.GrpcPythonAdapter(_handler(spec, rest))
     if kind == "node":
         node = shutil.which("node")
         if node is None:
@@ -184,7 +180,7 @@ def pool_options(p: argparse.ArgumentParser, *, workers: int) -> None:
 
 def pool_config(ns: argparse.Namespace) -> sp.PoolConfig:
     """The pool's configuration from the command line's pool options."""
-    given = {n: getattr(ns, n) for n in CONFIG_FLAGS if getattr(ns, n, None) is not None}
+    given = {n: getattr(ns, n) for n in CONFIG_FLAGS if getattr(ns, n) is not None}
     try:
         return sp.PoolConfig(**given)
     except (TypeError, ValueError) as exc:  # out of range: say it with the option's name

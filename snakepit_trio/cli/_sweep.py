@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 
 import snakepit_trio as sp
 
-from ._common import EXIT_OK, CliError, dumps, table
+from ._common import EXIT_OK, dumps, table
 
 __all__ = ["cmd_sweep"]
 
 
 def cmd_sweep(ns: argparse.Namespace) -> int:
-    sweep = getattr(sp, "sweep_orphans", None)
-    if sweep is None:
-        raise CliError(
-            f"sweep is not available: snakepit_trio {sp.__version__} has no sweep_orphans()"
-        )
-    orphans = list(sweep(dry_run=not ns.kill))
+    orphans = sp.sweep_orphans(dry_run=not ns.kill)
     if ns.json:
         print(
             dumps(
@@ -34,8 +28,7 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
         return EXIT_OK
     rows: list[list[object]] = [["pid", "run id", "killed", "command line"]]
     for o in orphans:
-        cmdline = o.cmdline if isinstance(o.cmdline, str) else shlex.join(o.cmdline)
-        rows.append([o.pid, o.run_id, "yes" if o.killed else "no", cmdline[:80]])
+        rows.append([o.pid, o.run_id, "yes" if o.killed else "no", o.cmdline[:80]])
     for text in table(rows, indent="  "):
         print(text)
     if ns.kill:
