@@ -23,6 +23,7 @@ import pytest
 import snakepit_trio as sp
 from snakepit_trio import cli
 from snakepit_trio._progress import Progress
+from snakepit_trio.cli import _options, _run
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="node is not on PATH")
@@ -136,24 +137,24 @@ def test_pool_options_reach_the_config() -> None:
             "16MiB",
         ]
     )
-    config = cli._pool_config(ns)
+    config = _options.pool_config(ns)
     assert config.startup_timeout == 61
     assert config.worker_init_timeout == 62.5
     assert config.negotiation_timeout == 7
     assert config.command_timeout == 8
     assert config.max_frame_size == 16 * 2**20
-    defaults = cli._pool_config(cli.build_parser().parse_args(["run", "python", "ping"]))
+    defaults = _options.pool_config(cli.build_parser().parse_args(["run", "python", "ping"]))
     assert defaults == sp.PoolConfig()
     for flags in (["bench"], ["stream", "python", "ping_stream"]):
         ns = cli.build_parser().parse_args([*flags, "--max-frame-size", "65536"])
-        assert cli._pool_config(ns).max_frame_size == 65536
+        assert _options.pool_config(ns).max_frame_size == 65536
 
 
 @pytest.mark.parametrize(
     ("text", "size"), [("65536", 65536), ("64k", 65536), ("64KiB", 65536), ("1G", 2**30)]
 )
 def test_sizes_take_units(text: str, size: int) -> None:
-    assert cli._byte_size(text) == size
+    assert _options.byte_size(text) == size
 
 
 @pytest.mark.parametrize(
@@ -387,7 +388,7 @@ def test_the_cli_shows_worker_output_but_not_the_pools_chatter(
     worker_log = logging.getLogger("snakepit_trio.worker")
     stderr_log = logging.getLogger("snakepit_trio.worker.stderr")
     level_before = stderr_log.level
-    undo = cli._show_worker_output(debug=False)
+    undo = _run.show_worker_output(debug=False)
     try:
         assert stderr_log.isEnabledFor(logging.INFO)
         stderr_log.info("worker %d (pid %d): %s", 0, 42, "a line\nand another")
@@ -403,7 +404,7 @@ def test_the_cli_shows_worker_output_but_not_the_pools_chatter(
         "snakepit-trio: and another",
         "snakepit-trio: worker 0 (pid 42) wrote on stderr: first",
     ]
-    assert cli._show_worker_output(debug=True)() is None
+    assert _run.show_worker_output(debug=True)() is None
     assert not worker_log.handlers
 
 
@@ -631,7 +632,7 @@ def test_sweep_table_and_kill_flag(
             SimpleNamespace(pid=4242, run_id="1-2-ab", cmdline="python -m x", killed=not dry_run)
         ]
 
-    monkeypatch.setattr(sp, "sweep_orphans", fake_sweep, raising=False)
+    monkeypatch.setattr(sp, "sweep_orphans", fake_sweep)
     code, out, _ = run_cli(capsys, "sweep")
     assert code == 0
     assert "4242" in out and "dry run, nothing killed" in out
@@ -639,15 +640,6 @@ def test_sweep_table_and_kill_flag(
     assert code == 0
     assert "killed 1 of 1" in out
     assert calls == [True, False]
-
-
-def test_sweep_not_available(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delattr(sp, "sweep_orphans", raising=False)
-    code, _, err = run_cli(capsys, "sweep")
-    assert code == 1
-    assert_one_line_error(err, "sweep is not available")
 
 
 # ------------------------------------------------------------------ as a process

@@ -28,7 +28,9 @@ TESTING = "snakepit_bridge.testing:TestingHandler"
 class Worker:
     """A bridge in a session of its own, with a lifeline, spoken to in JSON frames."""
 
-    def __init__(self, grace: float, stderr: Any = subprocess.PIPE) -> None:
+    def __init__(
+        self, grace: float, stderr: Any = subprocess.PIPE, python: tuple[str, ...] = ()
+    ) -> None:
         read_end, self.lifeline = os.pipe()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
@@ -36,8 +38,9 @@ class Worker:
         )
         env["SNAKEPIT_LIFELINE_FD"] = str(read_end)
         env["SNAKEPIT_LIFELINE_GRACE"] = str(grace)
+        python = python or (sys.executable, "-m", "snakepit_bridge")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "snakepit_bridge", "--protocol", "json", "--handler", TESTING],
+            [*python, "--protocol", "json", "--handler", TESTING],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,  # a pipe, as the pool's
@@ -125,8 +128,10 @@ def _fd_targets(pid: int) -> dict[int, str]:
 def worker() -> Iterator[Callable[..., Worker]]:
     started: list[Worker] = []
 
-    def start(grace: float = 30.0, stderr: Any = subprocess.PIPE) -> Worker:
-        started.append(Worker(grace, stderr))
+    def start(
+        grace: float = 30.0, stderr: Any = subprocess.PIPE, python: tuple[str, ...] = ()
+    ) -> Worker:
+        started.append(Worker(grace, stderr, python))
         return started[-1]
 
     yield start
@@ -207,5 +212,23 @@ def test_the_grace_runs_while_the_worker_lives_then_the_group_is_killed(
         assert time.monotonic() - started >= 0.5  # the grace was honoured
         assert wait_dead([child], 5.0) == []
         assert f"kills worker {bridge.pid} and its process group" in log.read_text()
+    finally:
+        kill_quietly(child)
+
+
+NO_EXECUTABLE = (
+    "import sys; sys.executable = ''; sys.argv[0] = 'snakepit_bridge'; "
+    "from snakepit_bridge.__main__ import main; main()"
+)
+
+
+def test_without_a_watcher_program_a_thread_watches(worker: Any) -> None:
+    bridge = worker(grace=0.2, python=(sys.executable, "-c", NO_EXECUTABLE))
+    child = bridge.call("spawn_child")["pid"]
+    try:
+        assert _children(bridge.pid) == [child]  # no watcher: it could not be started
+        bridge.close_lifeline()
+        assert bridge.proc.wait(timeout=10) == -signal.SIGKILL
+        assert wait_dead([child], 5.0) == []
     finally:
         kill_quietly(child)

@@ -111,7 +111,7 @@ def test_wheel_installs_and_runs(tmp_path: Path) -> None:
     names = zipfile.ZipFile(ours).namelist()
     for expected in (
         "snakepit_trio/py.typed",
-        "snakepit_trio/cli.py",
+        "snakepit_trio/cli/__init__.py",
         "snakepit_bridge/__main__.py",
         "snakepit_bridge/node/snakepit_bridge.js",
     ):

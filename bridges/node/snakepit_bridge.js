@@ -21,7 +21,9 @@
  *   };
  *
  * `ctx` holds id, command, args, sessionId, stream, cancelled, signal (an AbortSignal that aborts
- * when the pool cancels the request) and sleep(seconds). See README.md beside this file.
+ * when the pool cancels the request) and sleep(seconds). A module may also export `init()`
+ * (async or not), awaited before its first request. The module loads only after the
+ * negotiation is answered; requests wait for it. See README.md beside this file.
  *
  * Required as a module (tests do), it only exports its pieces and starts nothing.
  */
@@ -31,7 +33,7 @@ const net = require('node:net');
 const path = require('node:path');
 const { Console } = require('node:console');
 const { createRequire } = require('node:module');
-const { pathToFileURL } = require('node:url');
+const { fileURLToPath, pathToFileURL } = require('node:url');
 
 const VERSION = '0.1.0';
 const BRIDGE_NAME = 'snakepit_bridge.js';
@@ -40,10 +42,13 @@ const MAX_FRAME_LIMIT = 0xffffffff;
 const DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024;
 const DEFAULT_MAX_CONCURRENCY = 64;
 const DEFAULT_LIFELINE_GRACE = 2;
+const MAX_TIMER_MS = 0x7fffffff; // setTimeout's range
 // A cancelled handler that has not unwound by then is confirmed anyway (well inside the pool's
 // cancel_grace); it goes on in the background and its outcome is dropped.
 const CANCEL_CONFIRM_MS = 250;
 const MAX_NESTING = 512;
+// A module that failed to load waits this long for the pool's init ping, to answer it.
+const LOAD_FAILURE_LINGER_MS = 2000;
 const FEATURES = Object.freeze(['cancel', 'credit', 'lifeline', 'multiplex', 'shutdown', 'stream']);
 const BYTES_KEY = '__bytes__';
 const MSGPACK_PACKAGE = '@msgpack/msgpack';
@@ -64,22 +69,45 @@ const UnsupportedCommand = errorClass('UnsupportedCommand');
 const Cancelled = errorClass('Cancelled');
 const ShuttingDown = errorClass('ShuttingDown');
 
+/** A response the bridge could not send; its stack would only show the bridge's own frames. */
+const UnsentError = errorClass('UnsentError');
+const ModuleLoadError = errorClass('ModuleLoadError');
+
 function errorType(err) {
-  if (err instanceof Error) {
-    if (err.name && err.name !== 'Error') return String(err.name);
-    const ctor = err.constructor && err.constructor.name;
-    return ctor || 'Error';
+  try {
+    if (err instanceof Error) {
+      if (err.name && err.name !== 'Error') return String(err.name);
+      const ctor = err.constructor && err.constructor.name;
+      return ctor ? String(ctor) : 'Error';
+    }
+  } catch {
+    // a getter that throws: the plain name will do
   }
   return 'Error';
 }
 
 function errorMessage(err) {
-  if (err instanceof Error) return err.message;
   try {
-    return String(err);
+    return err instanceof Error ? String(err.message) : String(err);
   } catch {
     return 'unprintable error';
   }
+}
+
+/** An error's stack as a string, or null (none, or a getter that throws). */
+function errorStack(err) {
+  try {
+    return err instanceof Error && typeof err.stack === 'string' ? err.stack : null;
+  } catch {
+    return null;
+  }
+}
+
+/** `cause` could not be sent: an error of the same name, with `what` in front of its message. */
+function unsent(what, cause) {
+  const err = new UnsentError(`${what}: ${errorMessage(cause)}`);
+  err.name = errorType(cause);
+  return err;
 }
 
 // ------------------------------------------------------------------------------ framing
@@ -233,21 +261,49 @@ function isPlainObject(value) {
   return proto === Object.prototype || proto === null;
 }
 
+// Where an unencodable value lies: keys pushed innermost first as the error unwinds.
+const WIRE_PATH = Symbol('wirePath');
+const TOO_DEEP = Symbol('tooDeep');
+
+/** An error for a value no codec can carry; toWire's callers add where it lies. */
+function unencodable(Type, what) {
+  const err = new Type(what);
+  err[WIRE_PATH] = [];
+  return err;
+}
+
+function atKey(err, key) {
+  if (err !== null && typeof err === 'object' && Array.isArray(err[WIRE_PATH])) err[WIRE_PATH].push(key);
+  return err;
+}
+
 function bigintToNumber(value) {
   const number = Number(value);
   if (!Number.isSafeInteger(number)) {
-    throw new RangeError(`BigInt ${value} does not fit a safe integer`);
+    throw unencodable(RangeError, `BigInt ${value} does not fit a safe integer (send it as a string)`);
   }
   return number;
+}
+
+/** The kind of a value no codec carries, for an error message; null when it is carried. */
+function refusedKind(value) {
+  if (isThenable(value)) return 'a Promise (await it first)';
+  if (value instanceof WeakMap || value instanceof WeakSet) return `a ${value.constructor.name}`;
+  if (typeof WeakRef === 'function' && value instanceof WeakRef) return 'a WeakRef';
+  if (value instanceof Error) return `an Error (${errorType(value)}; send its message)`;
+  return null;
 }
 
 /**
  * Turn a handler's value into what the codecs carry, the same way for both:
  * bytes (any Uint8Array, Buffer, ArrayBuffer, DataView) stay bytes; other typed arrays and Sets
  * become arrays; Maps become maps with string keys; objects with toJSON (Date...) give its
- * value; safe BigInts become numbers; undefined, functions and symbols are dropped from maps
- * and become null in arrays. For JSON, bytes become {"__bytes__": base64} and NaN and the
- * infinities are refused. Copy-on-write: an untouched subtree is returned as it was.
+ * value; safe BigInts become numbers; undefined is dropped from maps and becomes null in
+ * arrays. For JSON, bytes become {"__bytes__": base64}. What cannot be carried is an error,
+ * never a silent loss: NaN and the infinities in JSON, unsafe BigInts, functions, symbols,
+ * promises, weak collections, errors, and values nested too deeply (or circular); the error
+ * names the value's path (see explainWireError). Copy-on-write: an untouched subtree is
+ * returned as it was.
  */
 function toWire(value, json, depth = 0) {
   switch (typeof value) {
@@ -255,19 +311,25 @@ function toWire(value, json, depth = 0) {
     case 'boolean':
       return value;
     case 'number':
-      if (json && !Number.isFinite(value)) throw new RangeError(`${value} is not JSON compliant`);
+      if (json && !Number.isFinite(value)) throw unencodable(RangeError, `${value} is not JSON compliant`);
       return value;
     case 'bigint':
       return bigintToNumber(value);
     case 'undefined':
-    case 'function':
-    case 'symbol':
       return undefined;
+    case 'function':
+      throw unencodable(TypeError, `a function (${value.name || 'anonymous'}) cannot be encoded`);
+    case 'symbol':
+      throw unencodable(TypeError, `a symbol (${String(value)}) cannot be encoded`);
     default:
       break;
   }
   if (value === null) return null;
-  if (depth > MAX_NESTING) throw new RangeError('value is nested too deeply (or is circular)');
+  if (depth > MAX_NESTING) {
+    const err = unencodable(RangeError, `value is nested over ${MAX_NESTING} levels deep`);
+    err[TOO_DEEP] = true;
+    throw err;
+  }
   if (value instanceof Uint8Array) {
     return json ? { [BYTES_KEY]: toBuffer(value).toString('base64') } : value;
   }
@@ -288,19 +350,27 @@ function toWire(value, json, depth = 0) {
     return objectToWire(out, json, depth);
   }
   if (typeof value.toJSON === 'function') return toWire(value.toJSON(''), json, depth + 1);
+  const refused = refusedKind(value);
+  if (refused) throw unencodable(TypeError, `${refused} cannot be encoded`);
   return objectToWire(value, json, depth);
 }
 
 function arrayToWire(array, json, depth) {
   let out = array;
-  for (let i = 0; i < array.length; i++) {
-    const item = array[i];
-    let wire = toWire(item, json, depth + 1);
-    if (wire === undefined) wire = null;
-    if (wire !== item) {
-      if (out === array) out = array.slice();
-      out[i] = wire;
+  let i = 0;
+  // One try per container, not per item: the path costs nothing on the way in.
+  try {
+    for (; i < array.length; i++) {
+      const item = array[i];
+      let wire = toWire(item, json, depth + 1);
+      if (wire === undefined) wire = null;
+      if (wire !== item) {
+        if (out === array) out = array.slice();
+        out[i] = wire;
+      }
     }
+  } catch (err) {
+    throw atKey(err, i);
   }
   return out;
 }
@@ -309,18 +379,89 @@ function objectToWire(object, json, depth) {
   // Copies get no prototype, so that a "__proto__" key stays an ordinary key.
   let out = isPlainObject(object) ? object : Object.create(null);
   const keys = Object.keys(object);
-  for (let i = 0; i < keys.length; i++) {
-    const key = keys[i];
-    const item = object[key];
-    const wire = toWire(item, json, depth + 1);
-    if (out === object) {
-      if (wire === item) continue;
-      out = Object.create(null);
-      for (let j = 0; j < i; j++) out[keys[j]] = object[keys[j]];
+  let i = 0;
+  try {
+    for (; i < keys.length; i++) {
+      const key = keys[i];
+      const item = object[key];
+      const wire = toWire(item, json, depth + 1);
+      if (out === object) {
+        if (wire === item) continue;
+        out = Object.create(null);
+        for (let j = 0; j < i; j++) out[keys[j]] = object[keys[j]];
+      }
+      if (wire !== undefined) out[key] = wire;
     }
-    if (wire !== undefined) out[key] = wire;
+  } catch (err) {
+    throw atKey(err, keys[i]);
   }
   return out;
+}
+
+const IDENTIFIER = /^[A-Za-z_$][\w$]*$/;
+
+/** `result.rows[1]["a key"]` from ['result', 'rows', 1, 'a key']; long paths keep both ends. */
+function formatPath(path) {
+  const parts = path.map((key, i) => {
+    if (typeof key === 'number') return `[${key}]`;
+    const text = String(key);
+    if (IDENTIFIER.test(text)) return i === 0 ? text : `.${text}`;
+    return `[${JSON.stringify(text.length > 40 ? `${text.slice(0, 40)}...` : text)}]`;
+  });
+  if (parts.length > 24) return `${parts.slice(0, 12).join('')}...${parts.slice(-8).join('')}`;
+  return parts.join('');
+}
+
+/**
+ * The containers toWire descends into, as [key, child] pairs (Maps by their string keys,
+ * Sets and typed arrays by position, toJSON values in place of their object).
+ */
+function wireChildren(value) {
+  if (value === null || typeof value !== 'object' || value instanceof Uint8Array) return [];
+  if (Array.isArray(value)) return value.map((item, i) => [i, item]);
+  if (value instanceof Set) return Array.from(value, (item, i) => [i, item]);
+  if (value instanceof Map) return Array.from(value, ([key, item]) => [String(key), item]);
+  if (ArrayBuffer.isView(value) || value instanceof ArrayBuffer) return [];
+  if (!isPlainObject(value) && typeof value.toJSON === 'function') return [];
+  return Object.keys(value).map((key) => [key, value[key]]);
+}
+
+/** The path of the first reference back to an enclosing object, or null (no cycle). */
+function findCycle(root) {
+  const ancestors = new Set();
+  const cleared = new Set();
+  const visit = (value, path) => {
+    if (value === null || typeof value !== 'object' || cleared.has(value)) return null;
+    if (ancestors.has(value)) return path;
+    if (path.length > MAX_NESTING + 1) return null;
+    ancestors.add(value);
+    for (const [key, child] of wireChildren(value)) {
+      const found = visit(child, [...path, key]);
+      if (found) return found;
+    }
+    ancestors.delete(value);
+    cleared.add(value);
+    return null;
+  };
+  try {
+    return visit(root, []);
+  } catch {
+    return null; // a getter that throws: no better answer than "too deep"
+  }
+}
+
+/** Add to an error of toWire where the value lies in `message` (the whole frame's map). */
+function explainWireError(err, message) {
+  if (err === null || typeof err !== 'object' || !Array.isArray(err[WIRE_PATH])) return err;
+  const where = err[WIRE_PATH].slice().reverse();
+  err[WIRE_PATH] = null; // explained once
+  const cycle = err[TOO_DEEP] ? findCycle(message) : null;
+  if (cycle) {
+    // JSON.stringify's own type for it.
+    return new TypeError(`a circular reference (a value that contains itself) cannot be encoded at ${formatPath(cycle)}`);
+  }
+  if (where.length > 0) err.message = `${err.message} at ${formatPath(where)}`;
+  return err;
 }
 
 // ------------------------------------------------------------------------------ codecs
@@ -377,7 +518,13 @@ class JsonCodec {
   }
 
   _text(value) {
-    const text = JSON.stringify(toWire(value, true));
+    let wire;
+    try {
+      wire = toWire(value, true);
+    } catch (err) {
+      throw explainWireError(err, value);
+    }
+    const text = JSON.stringify(wire);
     if (text === undefined) throw new TypeError(`${typeof value} is not JSON serializable`);
     return text;
   }
@@ -417,7 +564,12 @@ class MsgpackCodec {
   }
 
   _packed(value) {
-    const wire = toWire(value, false);
+    let wire;
+    try {
+      wire = toWire(value, false);
+    } catch (err) {
+      throw explainWireError(err, value);
+    }
     const encoder = this._encoder;
     return typeof encoder.encodeSharedRef === 'function'
       ? encoder.encodeSharedRef(wire)
@@ -469,6 +621,86 @@ function looksLikeMsgpackMap(payload) {
   return (first >= 0x80 && first <= 0x8f) || first === 0xde || first === 0xdf;
 }
 
+// ------------------------------------------------------------------------------ fitting
+
+// A response that cannot be sent whole is cut, never dropped: the caller must get an answer at
+// once rather than wait for its timeout. Tracebacks go first, then messages.
+const MAX_ERROR_TYPE = 200;
+const CUT_SLACK = 48;
+
+/** The head of `text`, `keep` characters long, with a note of what was cut. */
+function cutText(text, keep) {
+  let end = Math.max(0, Math.min(keep, text.length));
+  const code = text.charCodeAt(end - 1);
+  if (code >= 0xd800 && code <= 0xdbff) end -= 1; // never half a surrogate pair
+  return `${text.slice(0, end)} ... [${text.length - end} characters truncated]`;
+}
+
+function tryFrame(codec, message, limit) {
+  try {
+    return codec.frame(message, limit);
+  } catch {
+    return null;
+  }
+}
+
+/** A frame of `message` with `field` (a string) cut to fit `limit`; null if it cannot fit. */
+function frameWithCut(codec, message, field, limit) {
+  const text = message[field];
+  let keep = Math.min(text.length, limit);
+  for (let tries = 0; tries < 32 && keep >= 0; tries++) {
+    const payload = codec.encode({ ...message, [field]: cutText(text, keep) });
+    const over = payload.length - limit;
+    if (over <= 0) return encodeFrame(payload, limit);
+    if (keep === 0) return null;
+    // A character is at least a byte: dropping `over` more of them (and some slack for the
+    // note's digits) nearly always fits on the next try.
+    keep = Math.max(0, Math.min(keep - over - CUT_SLACK, Math.floor(keep * 0.9)));
+  }
+  return null;
+}
+
+/**
+ * Frame an error response within `limit`: whole if it fits, else with its traceback cut, then
+ * without it and its message cut, then the bare minimum. The last resort is sent even over the
+ * limit (a limit under ~80 bytes): the pool refuses it at once, which beats silence.
+ */
+function fitErrorFrame(codec, response, limit) {
+  const errorType = String(response.error_type ?? 'Error');
+  const base = {
+    id: Number.isInteger(response.id) ? response.id : null,
+    success: false,
+    error: typeof response.error === 'string' ? response.error : errorMessage(response.error),
+    error_type: errorType.length > MAX_ERROR_TYPE ? cutText(errorType, MAX_ERROR_TYPE) : errorType,
+  };
+  if (response.timestamp !== undefined) base.timestamp = response.timestamp;
+  const traceback = typeof response.traceback === 'string' ? response.traceback : null;
+  if (traceback !== null) {
+    const whole = { ...base, traceback };
+    const frame = tryFrame(codec, whole, limit) || frameWithCut(codec, whole, 'traceback', limit);
+    if (frame) return frame;
+  }
+  const frame = tryFrame(codec, base, limit) || frameWithCut(codec, base, 'error', limit);
+  if (frame) return frame;
+  const least = { id: base.id, success: false, error: 'response too large', error_type: errorType.slice(0, 40) };
+  return tryFrame(codec, least, limit) || codec.frame(least, MAX_FRAME_LIMIT);
+}
+
+/** Frame the negotiation reply within `limit`, dropping its informative parts if it must. */
+function fitNegotiationFrame(codec, reply, limit) {
+  const { commands, ...infoWithout } = reply.info || {};
+  const tries = [
+    reply,
+    { ...reply, info: { ...infoWithout, commands_count: Array.isArray(commands) ? commands.length : 0 } },
+    { type: reply.type, protocol: reply.protocol, features: reply.features, max_concurrency: reply.max_concurrency },
+  ];
+  for (const candidate of tries) {
+    const frame = tryFrame(codec, candidate, limit);
+    if (frame) return frame;
+  }
+  return codec.frame(tries[tries.length - 1], MAX_FRAME_LIMIT);
+}
+
 // ------------------------------------------------------------------------------ output
 
 function sleepSync(ms) {
@@ -509,40 +741,81 @@ function nowSeconds() {
   return Date.now() / 1000;
 }
 
-/** Resolve after `seconds`: true when the time ran out, false when `signal` aborted first. */
+/**
+ * Resolve after `seconds`: true when the time ran out, false when `signal` aborted first.
+ * Longer than setTimeout's range (24.8 days, beyond which Node fires after 1 ms) in steps.
+ */
 function sleep(seconds, signal) {
   return new Promise((resolve) => {
     if (signal && signal.aborted) {
       resolve(false);
       return;
     }
+    const ms = Number(seconds) * 1000;
+    const end = Date.now() + (ms > 0 ? ms : 0);
+    let timer = null;
     const onAbort = () => {
       clearTimeout(timer);
       resolve(false);
     };
-    const timer = setTimeout(() => {
-      if (signal) signal.removeEventListener('abort', onAbort);
-      resolve(true);
-    }, Math.max(0, seconds * 1000));
+    const arm = () => {
+      const left = end - Date.now();
+      if (!(left > 0)) {
+        if (signal) signal.removeEventListener('abort', onAbort);
+        resolve(true);
+        return;
+      }
+      timer = setTimeout(arm, Math.min(left, MAX_TIMER_MS));
+    };
     if (signal) signal.addEventListener('abort', onAbort, { once: true });
+    arm();
   });
+}
+
+/** A short description of a caller's value for an error message (it may be huge). */
+function preview(value) {
+  let text;
+  try {
+    text = typeof value === 'string' ? JSON.stringify(value.slice(0, 41)) : String(value);
+  } catch {
+    text = typeof value;
+  }
+  if (Array.isArray(value)) text = `a list of ${value.length}`;
+  else if (value !== null && typeof value === 'object') text = 'a map';
+  return text.length > 40 ? `${text.slice(0, 40)}...` : text;
 }
 
 function numberArg(args, key, fallback) {
   const value = args[key] === undefined || args[key] === null ? fallback : args[key];
   if (typeof value !== 'number' || Number.isNaN(value)) {
-    throw new TypeError(`argument ${key} must be a number, not ${JSON.stringify(value)}`);
+    throw new TypeError(`argument ${key} must be a number, not ${preview(value)}`);
   }
   return value;
 }
 
-function countArg(args, key, fallback) {
+function countArg(args, key, fallback, max = Number.MAX_SAFE_INTEGER) {
   const value = args[key] === undefined || args[key] === null ? fallback : args[key];
   if (!Number.isInteger(value) || value < 0) {
-    throw new RangeError(`argument ${key} must be a non-negative integer`);
+    throw new RangeError(`argument ${key} must be a non-negative integer, not ${preview(value)}`);
+  }
+  if (value > max) throw new RangeError(`argument ${key} is ${value}, over the limit of ${max}`);
+  return value;
+}
+
+function secondsArg(args, key, fallback, max) {
+  const value = numberArg(args, key, fallback);
+  if (!(value >= 0 && value <= max)) {
+    throw new RangeError(`argument ${key} must lie between 0 and ${max} seconds, not ${value}`);
   }
   return value;
 }
+
+// The built-ins do a bounded amount of work whatever the caller asks (issue 14): at most this
+// many chunks (or items, rows / chunk_size, epochs, lines), this long between chunks, and this
+// long a sleep. Longer work belongs to a user module, which sets its own bounds.
+const MAX_DEMO_ITEMS = 10000;
+const MAX_DEMO_DELAY = 60;
+const MAX_SLEEP = 3600;
 
 /** The built-in commands; `bridge` gives the counters and the command list. */
 function builtinCommands(bridge) {
@@ -657,15 +930,15 @@ function builtinCommands(bridge) {
     },
 
     async sleep(args, ctx) {
-      const seconds = numberArg(args, 'seconds', 0.1);
+      const seconds = secondsArg(args, 'seconds', 0.1, MAX_SLEEP);
       const started = Date.now();
       await ctx.sleep(seconds);
       return { status: 'ok', slept: (Date.now() - started) / 1000 };
     },
 
     async *ping_stream(args, ctx) {
-      const count = countArg(args, 'count', 5);
-      const interval = numberArg(args, 'interval', 0.1);
+      const count = countArg(args, 'count', 5, MAX_DEMO_ITEMS);
+      const interval = secondsArg(args, 'interval', 0.1, MAX_DEMO_DELAY);
       for (let i = 1; i <= count; i++) {
         if (i > 1 && interval > 0 && !(await ctx.sleep(interval))) break;
         yield { ping_number: i, message: `Ping ${i} of ${count}`, timestamp: nowSeconds() };
@@ -679,7 +952,10 @@ function builtinCommands(bridge) {
     async *batch_inference(args, ctx) {
       const items = args.items ?? args.batch_items ?? ['item1', 'item2', 'item3'];
       if (!Array.isArray(items)) throw new TypeError("'items' must be a list");
-      const delay = numberArg(args, 'delay', 0);
+      if (items.length > MAX_DEMO_ITEMS) {
+        throw new RangeError(`'items' holds ${items.length} items, over the limit of ${MAX_DEMO_ITEMS}`);
+      }
+      const delay = secondsArg(args, 'delay', 0, MAX_DEMO_DELAY);
       for (let i = 0; i < items.length; i++) {
         if (!(await pause(ctx, delay))) break;
         yield {
@@ -697,7 +973,11 @@ function builtinCommands(bridge) {
     async *process_large_dataset(args, ctx) {
       const totalRows = countArg(args, 'total_rows', 1000);
       const chunkSize = Math.max(1, countArg(args, 'chunk_size', 100));
-      const delay = numberArg(args, 'delay', 0);
+      const chunks = Math.ceil(totalRows / chunkSize);
+      if (chunks > MAX_DEMO_ITEMS) {
+        throw new RangeError(`total_rows / chunk_size gives ${chunks} chunks, over the limit of ${MAX_DEMO_ITEMS}`);
+      }
+      const delay = secondsArg(args, 'delay', 0, MAX_DEMO_DELAY);
       let processed = 0;
       let chunkNumber = 0;
       while (processed < totalRows) {
@@ -716,21 +996,27 @@ function builtinCommands(bridge) {
       return { status: 'ok', total_rows: totalRows, chunks: chunkNumber };
     },
 
+    // Demo data only: the caller's own `lines`, or generated ones. It never reads a file (it
+    // once did, from a caller's `path`: /etc/shadow, /proc/self/environ).
     async *tail_and_analyze(args, ctx) {
-      let lines = args.lines;
-      if (lines === undefined && typeof args.path === 'string') {
-        lines = (await fs.promises.readFile(args.path, 'utf8')).split(/\r?\n/);
-        if (lines.at(-1) === '') lines.pop();
+      if (args.path !== undefined && args.path !== null) {
+        throw new TypeError("tail_and_analyze reads no file: pass 'lines' (a list of strings), or nothing for generated lines");
       }
-      if (lines === undefined || lines === null) lines = SAMPLE_LOG;
-      if (!Array.isArray(lines)) throw new TypeError("'lines' must be a list of strings");
-      const count = countArg(args, 'count', lines.length);
-      const delay = numberArg(args, 'delay', 0);
+      let lines = args.lines;
+      if (lines !== undefined && lines !== null) {
+        if (!Array.isArray(lines)) throw new TypeError("'lines' must be a list of strings");
+        if (lines.length > MAX_DEMO_ITEMS) {
+          throw new RangeError(`'lines' holds ${lines.length} lines, over the limit of ${MAX_DEMO_ITEMS}`);
+        }
+      }
+      const count = countArg(args, 'count', lines ? lines.length : SAMPLE_LOG.length, MAX_DEMO_ITEMS);
+      if (!lines) lines = Array.from({ length: count }, (_, i) => SAMPLE_LOG[i % SAMPLE_LOG.length]);
+      const delay = secondsArg(args, 'delay', 0, MAX_DEMO_DELAY);
       const counts = {};
       let seen = 0;
       for (const line of lines.slice(0, count)) {
         if (!(await pause(ctx, delay))) break;
-        const text = String(line);
+        const text = typeof line === 'string' ? line : preview(line);
         const severity = severityOf(text);
         counts[severity] = (counts[severity] || 0) + 1;
         seen += 1;
@@ -738,8 +1024,8 @@ function builtinCommands(bridge) {
           entry_number: seen,
           log_entry: text,
           severity,
-          length: [...text].length,
-          word_count: text.split(/\s+/).filter(Boolean).length,
+          length: codePoints(text),
+          word_count: countWords(text),
           timestamp: nowSeconds(),
         };
       }
@@ -747,8 +1033,8 @@ function builtinCommands(bridge) {
     },
 
     async *distributed_training(args, ctx) {
-      const epochs = countArg(args, 'epochs', 5);
-      const delay = numberArg(args, 'delay', 0);
+      const epochs = countArg(args, 'epochs', 5, MAX_DEMO_ITEMS);
+      const delay = secondsArg(args, 'delay', 0, MAX_DEMO_DELAY);
       const round4 = (x) => Math.round(x * 10000) / 10000;
       let valAcc = 0;
       let done = 0;
@@ -782,6 +1068,27 @@ const SAMPLE_LOG = [
   'WARN: High memory usage detected',
   'INFO: Request completed',
 ];
+
+// Counted without building arrays: a line may be megabytes long.
+function codePoints(text) {
+  let count = 0;
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    if (code < 0xdc00 || code > 0xdfff || i === 0) count += 1;
+    else {
+      const before = text.charCodeAt(i - 1);
+      if (before < 0xd800 || before > 0xdbff) count += 1;
+    }
+  }
+  return count;
+}
+
+function countWords(text) {
+  const word = /\S+/g;
+  let count = 0;
+  while (word.exec(text) !== null) count += 1;
+  return count;
+}
 
 function severityOf(line) {
   const upper = line.toUpperCase();
@@ -821,7 +1128,10 @@ function collectCommands(source) {
   return found;
 }
 
-/** Load a user module (CommonJS or ES module) and return its command map. */
+/**
+ * Load a user module (CommonJS or ES module), await its `init()` if it exports one (a model
+ * load, a connection...), and return its command map.
+ */
 async function loadUserModule(file) {
   const resolved = path.resolve(file);
   let exported;
@@ -839,7 +1149,8 @@ async function loadUserModule(file) {
     }
   }
   let api = exported;
-  if (api && !api.commands && api.default) api = api.default;
+  if (api && !api.commands && !api.init && api.default) api = api.default;
+  if (api && typeof api.init === 'function') await api.init();
   if (!api || !api.commands) {
     throw new TypeError(`${file} exports no "commands" object (see the bridge's README.md)`);
   }
@@ -889,6 +1200,75 @@ function warn(message) {
 
 function timestamp() {
   return new Date().toISOString();
+}
+
+const STACK_FRAME = /^\s*at (?:.*? \()?(.+?):(\d+):(\d+)\)?$/;
+const SYNTAX_HEADER = /^((?:file:\/\/)?\/.*?):(\d+)$/;
+
+/**
+ * Where an error comes from, as "file:line[:column]": the header Node puts on a SyntaxError's
+ * stack, else the first stack frame outside Node's internals and this bridge. Null if none.
+ */
+function errorLocation(err) {
+  const stack = errorStack(err);
+  if (stack === null) return null;
+  const lines = stack.split('\n');
+  const header = SYNTAX_HEADER.exec(lines[0]);
+  if (header) return `${displayPath(header[1])}:${header[2]}`;
+  for (const line of lines) {
+    const frame = STACK_FRAME.exec(line);
+    if (!frame) continue;
+    const file = displayPath(frame[1]);
+    if (file.startsWith('node:') || file === __filename || !file.includes('/')) continue;
+    return `${file}:${frame[2]}:${frame[3]}`;
+  }
+  return null;
+}
+
+function displayPath(location) {
+  if (!location.startsWith('file://')) return location;
+  try {
+    return fileURLToPath(location);
+  } catch {
+    return location;
+  }
+}
+
+// Only names this long are compared (the distance costs their product).
+const MAX_SUGGESTED_NAME = 64;
+
+/** "Unknown command: comput (did you mean: compute?)"; the hint only when something is close. */
+function unknownCommandMessage(command, names) {
+  const shown = command.length > 100 ? `${command.slice(0, 100)}...` : command;
+  const close = closeMatches(command, names);
+  return close.length ? `Unknown command: ${shown} (did you mean: ${close.join(', ')}?)` : `Unknown command: ${shown}`;
+}
+
+/** Up to `limit` names at least `cutoff` similar to `word` (1 - edit distance / length), best first. */
+function closeMatches(word, names, limit = 3, cutoff = 0.6) {
+  if (word.length === 0 || word.length > MAX_SUGGESTED_NAME) return [];
+  const scored = [];
+  for (const name of names) {
+    if (name.length > MAX_SUGGESTED_NAME) continue;
+    const score = 1 - editDistance(word.toLowerCase(), name.toLowerCase()) / Math.max(word.length, name.length);
+    if (score >= cutoff) scored.push([score, name]);
+  }
+  scored.sort((a, b) => b[0] - a[0] || (a[1] < b[1] ? -1 : 1));
+  return scored.slice(0, limit).map(([, name]) => name);
+}
+
+/** Levenshtein distance (insertions, deletions, substitutions), two rows of memory. */
+function editDistance(a, b) {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      const substitution = previous[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1);
+      current.push(Math.min(previous[j] + 1, current[j - 1] + 1, substitution));
+    }
+    previous = current;
+  }
+  return previous[b.length];
 }
 
 // ------------------------------------------------------------------------------ the bridge
@@ -953,6 +1333,8 @@ class Bridge {
     this.msgpack = options.msgpack || null;
     this.maxConcurrency = options.maxConcurrency || DEFAULT_MAX_CONCURRENCY;
     this.maxFrameSize = checkFrameLimit(options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE);
+    // Shared memory: the lifeline thread reads the grace even while this thread is stuck.
+    this.graceCell = new Int32Array(new SharedArrayBuffer(4));
     this.lifelineGrace = options.lifelineGrace ?? DEFAULT_LIFELINE_GRACE;
     this.writer = options.writer || new FrameWriter(1);
     this.exit = options.exit || ((code) => process.exit(code));
@@ -966,9 +1348,16 @@ class Bridge {
     this.awaitingFirstFrame = true;
     this.decoder = new FrameDecoder(this.maxFrameSize);
     this.commands = collectCommands(builtinCommands(this));
-    if (options.commands) {
-      for (const [name, entry] of options.commands) this.commands.set(name, entry);
-    }
+    if (options.commands) this.addCommands(options.commands);
+    // The user's module loads after the negotiation is answered (a model load may take longer
+    // than the pool's negotiation_timeout); requests wait for it in `held`, so the pool's init
+    // ping is answered once it is ready, under worker_init_timeout.
+    this.loader = options.loader || null;
+    this.modulePath = options.modulePath || null;
+    this.loadState = this.loader ? 'waiting' : 'ready'; // -> 'loading' -> 'ready' | 'failed'
+    this.loadFailure = null;
+    this.lingerTimer = null;
+    this.held = [];
     this.tasks = new Map();
     this.queue = [];
     this.running = 0;
@@ -978,6 +1367,106 @@ class Bridge {
     this.shuttingDown = false;
     this.exitCode = 0;
     this.exited = false;
+    if (this.loader && this.protocol !== 'auto') this.startLoading(); // no negotiation to answer first
+  }
+
+  addCommands(commands) {
+    for (const [name, entry] of commands) this.commands.set(name, entry);
+  }
+
+  // -- the user's module
+
+  startLoading() {
+    if (this.loadState !== 'waiting') return;
+    this.loadState = 'loading';
+    let loading;
+    try {
+      loading = Promise.resolve(this.loader()); // a CommonJS module loads right here
+    } catch (err) {
+      loading = Promise.reject(err);
+    }
+    loading
+      .then(
+        (commands) => this.loaded(commands),
+        (err) => this.loadFailed(err),
+      )
+      .catch((err) => logError('internal error after loading the module', err));
+  }
+
+  loaded(commands) {
+    if (this.exited) return;
+    if (commands) this.addCommands(commands);
+    this.loadState = 'ready';
+    const held = this.held;
+    this.held = [];
+    for (const message of held) {
+      if (this.exited) return;
+      this.dispatch(message);
+    }
+    this.maybeExit();
+  }
+
+  /**
+   * The module could not load: its stack goes to stderr, and every request (the pool's init
+   * ping first) is answered with the cause (file, line, message); then the bridge exits 1.
+   */
+  loadFailed(err) {
+    if (this.exited) return;
+    const file = this.modulePath || 'the module';
+    logError(`could not load ${file}`, err);
+    const where = errorLocation(err);
+    const message = errorMessage(err).split('\n')[0];
+    const failure = new ModuleLoadError(
+      `could not load ${file}: ${where ? `${where}: ` : ''}${errorType(err)}: ${message}`,
+    );
+    const stack = errorStack(err);
+    this.loadFailure = this.errorResponse(null, failure, false);
+    if (stack !== null) this.loadFailure.traceback = stack;
+    this.loadState = 'failed';
+    const held = this.held;
+    this.held = [];
+    let answered = false;
+    for (const message of held) answered = this.refuseForLoadFailure(message) || answered;
+    if (answered || this.inputEnded) {
+      this.finishProcess(1);
+      return;
+    }
+    // No request yet: the pool's init ping is on its way; wait for it a little, not forever.
+    this.lingerTimer = setTimeout(() => this.finishProcess(1), LOAD_FAILURE_LINGER_MS);
+  }
+
+  /** Answer a request with the load failure; true if `message` was a request. */
+  refuseForLoadFailure(message) {
+    if (message.type !== undefined && message.type !== null) return false;
+    const id = Number.isInteger(message.id) ? message.id : null;
+    this.send({ ...this.loadFailure, id });
+    return true;
+  }
+
+  /** While the module loads, frames wait; a cancel for a waiting request is answered at once. */
+  hold(message) {
+    if (this.loadState === 'failed') {
+      if (this.refuseForLoadFailure(message)) this.finishProcess(1);
+      return;
+    }
+    if (message.type === 'cancel') {
+      const index = this.held.findIndex((m) => (m.type === undefined || m.type === null) && m.id === message.id);
+      if (index >= 0 && Number.isInteger(message.id)) {
+        this.held.splice(index, 1);
+        this.send({ id: message.id, success: false, error: 'cancelled', error_type: 'Cancelled' });
+        return;
+      }
+    }
+    this.held.push(message);
+  }
+
+  /** Seconds the lifeline waits, once the pool is gone, before it kills the process group. */
+  get lifelineGrace() {
+    return Atomics.load(this.graceCell, 0) / 1000;
+  }
+
+  set lifelineGrace(seconds) {
+    Atomics.store(this.graceCell, 0, Math.min(MAX_TIMER_MS, Math.round(Math.max(0, seconds) * 1000)));
   }
 
   uptime() {
@@ -1059,6 +1548,7 @@ class Bridge {
     }
     if (decodeError === null && isPlainObject(message) && message.type === 'protocol_negotiation') {
       this.negotiate(message);
+      this.startLoading(); // only now: the reply is already on its way
       return;
     }
     if (this.codec === null) {
@@ -1069,6 +1559,7 @@ class Bridge {
     if (this.codec !== this.json) this.onPayload(payload);
     else if (decodeError !== null) this.sendError(null, decodeError);
     else this.dispatch(message);
+    this.startLoading();
   }
 
   /**
@@ -1102,11 +1593,12 @@ class Bridge {
         pid: process.pid,
         node_version: process.version,
         msgpack: Boolean(this.codecs.msgpack),
+        // The built-ins: the module loads after this reply (the `info` command lists all).
         commands: this.commandNames(),
+        module: this.modulePath,
       },
     };
-    this.codec = this.json;
-    this.send(reply);
+    if (!this.exited) this.write(fitNegotiationFrame(this.json, reply, this.maxFrameSize));
     this.codec = this.codecs[chosen];
   }
 
@@ -1114,6 +1606,10 @@ class Bridge {
     if (!isPlainObject(message)) {
       const kind = Array.isArray(message) ? 'array' : message === null ? 'null' : typeof message;
       this.sendError(null, new ProtocolError(`message is a ${kind}, not a map`));
+      return;
+    }
+    if (this.loadState !== 'ready' && message.type !== 'protocol_negotiation') {
+      this.hold(message);
       return;
     }
     switch (message.type) {
@@ -1175,7 +1671,7 @@ class Bridge {
     }
     const entry = this.commands.get(command);
     if (!entry) {
-      this.sendError(id, new UnsupportedCommand(`Unknown command: ${command}`));
+      this.sendError(id, new UnsupportedCommand(unknownCommandMessage(command, this.commandNames())));
       return;
     }
     const credits = Number.isInteger(message.credits) ? Math.max(0, message.credits) : Infinity;
@@ -1259,10 +1755,16 @@ class Bridge {
   }
 
   sendChunk(task, data) {
-    const frame = this.codec.frame(
-      { type: 'chunk', id: task.id, seq: task.seq, data: data === undefined ? null : data },
-      this.maxFrameSize,
-    );
+    let frame;
+    try {
+      frame = this.codec.frame(
+        { type: 'chunk', id: task.id, seq: task.seq, data: data === undefined ? null : data },
+        this.maxFrameSize,
+      );
+    } catch (err) {
+      // The stream ends with an error response (which is cut to fit, so it always goes out).
+      throw unsent(`chunk ${task.seq} could not be sent`, err);
+    }
     this.write(frame);
     task.seq += 1;
     task.credits -= 1;
@@ -1299,6 +1801,11 @@ class Bridge {
   }
 
   maybeExit() {
+    if (this.loadState === 'loading') return; // held requests are answered once it is done
+    if (this.loadState === 'failed') {
+      if (this.inputEnded) this.finishProcess(1);
+      return;
+    }
     if ((this.inputEnded || this.shuttingDown) && this.tasks.size === 0) {
       this.finishProcess(this.exitCode);
     }
@@ -1307,6 +1814,7 @@ class Bridge {
   finishProcess(code) {
     if (this.exited) return;
     this.exited = true;
+    if (this.lingerTimer) clearTimeout(this.lingerTimer);
     this.exit(code);
   }
 
@@ -1319,9 +1827,8 @@ class Bridge {
   /** The response for a handler's error (with its stack as the traceback). */
   errorResponse(id, err, traceback = true) {
     const response = { id, success: false, error: errorMessage(err), error_type: errorType(err) };
-    if (traceback && err instanceof Error && typeof err.stack === 'string') {
-      response.traceback = err.stack;
-    }
+    const stack = traceback && !(err instanceof UnsentError) ? errorStack(err) : null;
+    if (stack !== null) response.traceback = stack;
     return response;
   }
 
@@ -1330,29 +1837,28 @@ class Bridge {
     this.send(this.errorResponse(id, err, false));
   }
 
-  /** Send a response (timestamp added); one that cannot be encoded becomes an error response. */
+  /**
+   * Send a response (timestamp added). Never silent: a result that cannot be sent (over the
+   * frame limit, or not encodable) becomes an error response saying why, and an error response
+   * over the limit is cut to fit (traceback first, then message).
+   */
   send(message) {
     if (this.exited) return;
+    this.write(this.responseFrame({ ...message, timestamp: timestamp() }));
+  }
+
+  responseFrame(response) {
     const codec = this.codec || this.json;
-    let frame;
     try {
-      frame = codec.frame(message.type ? message : { ...message, timestamp: timestamp() }, this.maxFrameSize);
+      return codec.frame(response, this.maxFrameSize);
     } catch (err) {
-      if (message.type || message.success === false) {
-        logError('a frame could not be encoded', err);
-        return;
+      let failed = response;
+      if (response.success !== false) {
+        failed = this.errorResponse(response.id, unsent('the result could not be sent', err));
+        failed.timestamp = response.timestamp;
       }
-      const fallback = this.errorResponse(message.id, err);
-      fallback.error = `the result could not be sent: ${fallback.error}`;
-      fallback.timestamp = timestamp();
-      try {
-        frame = codec.frame(fallback, this.maxFrameSize);
-      } catch (again) {
-        logError('an error response could not be encoded', again);
-        return;
-      }
+      return fitErrorFrame(codec, failed, this.maxFrameSize);
     }
-    this.write(frame);
   }
 
   write(frame) {
@@ -1383,12 +1889,53 @@ function protectStdout() {
   }
 }
 
+// The lifeline watcher runs on a worker thread: a handler that never yields (a synchronous
+// loop) blocks the main event loop, and a watcher there would never run. The thread has an
+// event loop of its own, idle in epoll on the pipe: a blocking read would do the same, but Node
+// joins its worker threads at exit, and a thread stuck in read() would then hold the exit.
+// It writes to fd 2 itself (a worker's process.stderr goes through the main thread).
+const LIFELINE_THREAD = `
+'use strict';
+const fs = require('node:fs');
+const net = require('node:net');
+const { parentPort, workerData } = require('node:worker_threads');
+const { fd, graceCell, leaveMs } = workerData;
+const say = (text) => {
+  try { fs.writeSync(2, '[snakepit_bridge.js] ' + text + '\\n'); } catch {}
+};
+let fired = false;
+const fire = () => {
+  if (fired) return;
+  fired = true;
+  const grace = Atomics.load(graceCell, 0);
+  setTimeout(() => {
+    say('the pool is gone (lifeline closed); killing the process group');
+    try {
+      process.kill(-process.pid, 'SIGKILL');
+    } catch {
+      // ESRCH: we lead no process group. Let the main thread exit 1; if it is stuck, die.
+      parentPort.postMessage('exit');
+      setTimeout(() => process.kill(process.pid, 'SIGKILL'), leaveMs);
+    }
+  }, grace);
+};
+const pipe = new net.Socket({ fd, readable: true, writable: false, allowHalfOpen: true });
+pipe.on('data', () => {});
+pipe.on('end', fire);
+pipe.on('close', fire);
+pipe.on('error', fire);
+`;
+
+// How long a lifeline that leads no process group lets the main thread exit by itself.
+const LIFELINE_LEAVE_MS = 300;
+
 /**
- * Watch the pool's lifeline pipe. At its end (the pool is gone, even SIGKILLed) wait the grace,
- * then SIGKILL our own process group (when we lead one) or at least ourselves. The watch does
- * not keep the event loop alive, so a graceful exit is never held up by it.
+ * Watch the pool's lifeline pipe (SNAKEPIT_LIFELINE_FD; the pool never writes to it). At its
+ * end (the pool is gone, even SIGKILLed) wait the grace (read from `graceCell` then), then
+ * SIGKILL our own process group when we lead one, else exit 1 (or SIGKILL ourselves if the
+ * main thread is stuck). Works whatever the handlers do; never keeps the process alive.
  */
-function startLifeline(fdText, graceSeconds) {
+function startLifeline(fdText, graceCell) {
   const fd = Number(fdText);
   if (!Number.isInteger(fd) || fd < 0) {
     warn(`no lifeline: SNAKEPIT_LIFELINE_FD=${fdText} is not a file descriptor`);
@@ -1407,12 +1954,35 @@ function startLifeline(fdText, graceSeconds) {
     warn(`no lifeline: SNAKEPIT_LIFELINE_FD=${fdText} is not a pipe`);
     return null;
   }
+  let thread;
+  try {
+    const { Worker } = require('node:worker_threads');
+    thread = new Worker(LIFELINE_THREAD, {
+      eval: true,
+      workerData: { fd, graceCell, leaveMs: LIFELINE_LEAVE_MS },
+      argv: [],
+      execArgv: [],
+      stdout: true, // never onto fd 1 (the thread writes nothing there anyway)
+    });
+  } catch (err) {
+    logError('no lifeline thread, watching on the main thread (a busy handler delays it)', err);
+    return watchOnMainThread(fd, graceCell);
+  }
+  thread.on('message', (message) => {
+    if (message === 'exit') process.exit(1);
+  });
+  thread.on('error', (err) => logError('the lifeline thread failed', err));
+  thread.unref();
+  return thread;
+}
+
+/** The fallback: the same watch on the main event loop (blocked while a handler spins). */
+function watchOnMainThread(fd, graceCell) {
   let fired = false;
   const fire = () => {
     if (fired) return;
     fired = true;
-    const grace = Math.max(0, Number(graceSeconds()) || 0);
-    setTimeout(killOwnGroup, grace * 1000).unref();
+    setTimeout(killOwnGroup, Atomics.load(graceCell, 0)).unref();
   };
   const stream = new net.Socket({ fd, readable: true, writable: false, allowHalfOpen: true });
   stream.unref();
@@ -1502,33 +2072,25 @@ async function main(argv = process.argv.slice(2)) {
   protectStdout();
   process.on('unhandledRejection', (reason) => logError('unhandled rejection', reason));
 
-  let commands = null;
-  const moduleDir = options.module ? path.dirname(path.resolve(options.module)) : null;
-  const msgpack = loadMsgpack([moduleDir, process.cwd()]);
+  const modulePath = options.module ? path.resolve(options.module) : null;
+  const msgpack = loadMsgpack([modulePath && path.dirname(modulePath), process.cwd()]);
   if (options.protocol === 'msgpack' && !msgpack) {
     process.stderr.write(`snakepit_bridge.js: --protocol msgpack needs the package ${MSGPACK_PACKAGE}\n`);
     process.exit(2);
-  }
-  if (options.module) {
-    try {
-      commands = await loadUserModule(options.module);
-    } catch (err) {
-      logError(`could not load the module ${options.module}`, err);
-      process.exit(1);
-    }
   }
 
   const envGrace = Number(process.env.SNAKEPIT_LIFELINE_GRACE);
   const bridge = new Bridge({
     protocol: options.protocol,
     msgpack,
-    commands,
+    // Loaded after the negotiation is answered; see Bridge.startLoading.
+    loader: modulePath ? () => loadUserModule(modulePath) : null,
+    modulePath,
     maxConcurrency: options.maxConcurrency,
     lifelineGrace: Number.isFinite(envGrace) && envGrace >= 0 ? envGrace : DEFAULT_LIFELINE_GRACE,
   });
-  if (process.env.SNAKEPIT_LIFELINE_FD) {
-    startLifeline(process.env.SNAKEPIT_LIFELINE_FD, () => bridge.lifelineGrace);
-  }
+  // Before any user code runs (the module loads on a later turn of the event loop).
+  if (process.env.SNAKEPIT_LIFELINE_FD) startLifeline(process.env.SNAKEPIT_LIFELINE_FD, bridge.graceCell);
   const stdin = process.stdin;
   stdin.on('data', (chunk) => bridge.feed(chunk));
   stdin.on('end', () => bridge.end());

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from proc_support import pid_alive
+from proc_support import kill_quietly, pid_alive, wait_dead
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bridges" / "python"))
@@ -84,7 +84,45 @@ module.exports = {
     ping() {
       return 'overridden';
     },
+    spin(args) {
+      // A synchronous loop: the event loop never runs again.
+      require('node:fs').writeFileSync(args.marker, 'spinning');
+      for (;;) {}
+    },
+    deep(args) {
+      // A real stack, as long as the caller asks, whatever the checkout's path.
+      Error.stackTraceLimit = Infinity;
+      const diveSync = (n) => {
+        if (n === 0) throw new Error(`DEEP-FAILURE ${'m'.repeat(args.message || 0)}`);
+        return diveSync(n - 1) + 1;
+      };
+      return diveSync(args.depth);
+    },
+    huge(args) {
+      return 'x'.repeat(args.size);
+    },
+    big_int() {
+      return { rows: [1, 2n ** 70n] };
+    },
   },
+};
+"""
+
+# A module that answers nothing until the test opens its gate (a file): it proves the order of
+# negotiation and loading without a clock.
+GATED_MODULE = r"""
+'use strict';
+const fs = require('node:fs');
+const gate = process.env.GATE_FILE;
+const nap = new Int32Array(new SharedArrayBuffer(4));
+while (!fs.existsSync(gate)) Atomics.wait(nap, 0, 0, 10);
+let ready = false;
+module.exports = {
+  async init() {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    ready = true;
+  },
+  commands: { ready: () => ready },
 };
 """
 
@@ -116,6 +154,7 @@ class Worker:
         self._stderr = bytearray()
         self._decoder = FrameDecoder(1 << 30)
         self._payloads: collections.deque[bytes] = collections.deque()
+        self.seen: list[bytes] = []  # every payload taken, in order
         self.conn: ClientConnection | None = None
         self._ids = iter(range(1, 1 << 30))
         threading.Thread(
@@ -150,7 +189,9 @@ class Worker:
                 self._chunks.put(b"")
                 return None
             self._payloads.extend(self._decoder.feed(chunk))
-        return self._payloads.popleft()
+        payload = self._payloads.popleft()
+        self.seen.append(payload)
+        return payload
 
     def quiet(self, seconds: float) -> bool:
         """True if no frame arrives within ``seconds``."""
@@ -250,10 +291,21 @@ def start() -> Iterator[Any]:
         worker.stop()
 
 
+def long_folder(base: Path) -> Path:
+    """A folder about 1,000 characters below ``base``: stacks that name it are long."""
+    folder = base.joinpath(*(letter * 200 for letter in "abcde"))
+    folder.mkdir(parents=True)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def bare_bridge(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the bridge in an empty folder: @msgpack/msgpack cannot be found from there."""
-    folder = tmp_path_factory.mktemp("bare-node-bridge")
+    """A copy of the bridge in an empty folder: @msgpack/msgpack cannot be found from there.
+
+    The folder lies at a long path, so that every test here sees the long stacks a deep
+    checkout gives (the bridge's frames are in every traceback).
+    """
+    folder = long_folder(tmp_path_factory.mktemp("bare-node-bridge"))
     copy = folder / "snakepit_bridge.js"
     shutil.copyfile(BRIDGE, copy)
     return copy
@@ -464,6 +516,66 @@ def test_oversized_frame_is_fatal(start: Any, bare_bridge: Path) -> None:
     assert worker.wait() == 1
 
 
+def _frames_fit(worker: Worker, limit: int) -> None:
+    for payload in worker.seen:
+        assert len(payload) <= limit, f"a frame of {len(payload)} bytes over the limit of {limit}"
+
+
+def test_an_error_response_over_the_limit_is_cut_and_sent_at_once(
+    start: Any, test_module: Path, bare_bridge: Path
+) -> None:
+    worker = start("--module", str(test_module), script=bare_bridge, cwd=bare_bridge.parent)
+    worker.negotiate(max_frame_size=2048)
+    # A stack of 300 frames at a long path: tens of kilobytes of traceback.
+    deep = worker.call("deep", {"depth": 300})
+    assert not deep.success and deep.error_type == "Error"
+    assert deep.error.startswith("DEEP-FAILURE")
+    assert deep.traceback is not None and "truncated" in deep.traceback
+    # A long message too: the stack goes first, then the message is cut.
+    wordy = worker.call("deep", {"depth": 50, "message": 10000})
+    assert wordy.error.startswith("DEEP-FAILURE mmm") and "truncated" in wordy.error
+    huge = worker.call("huge", {"size": 5000})
+    assert (huge.success, huge.error_type) == (False, "ProtocolError")
+    assert "exceeds the limit of 2048 bytes" in huge.error
+    big = worker.call("big_int")
+    assert big.error_type == "RangeError" and "result.rows[1]" in big.error
+    _frames_fit(worker, 2048)
+    assert worker.call("echo", {"still": "serving"}).success
+
+
+def test_the_negotiation_reply_fits_a_small_frame_limit(start: Any, bare_bridge: Path) -> None:
+    worker = start(script=bare_bridge, cwd=bare_bridge.parent)
+    reply = worker.negotiate(max_frame_size=200)
+    assert reply["type"] == "protocol_selected" and reply["protocol"] == "json"
+    _frames_fit(worker, 200)
+
+
+def test_unknown_command_lists_close_matches(start: Any, bare_bridge: Path) -> None:
+    worker = start(script=bare_bridge, cwd=bare_bridge.parent)
+    worker.negotiate()
+    typo = worker.call("comput")
+    assert typo.error_type == "UnsupportedCommand"
+    assert typo.error == "Unknown command: comput (did you mean: compute?)"
+
+
+@pytest.mark.parametrize("asked", ["/etc/passwd", "/proc/self/environ", "SECRET"])
+def test_demo_commands_read_no_file(
+    start: Any, bare_bridge: Path, tmp_path: Path, asked: str
+) -> None:
+    secret = tmp_path / "secret.log"
+    secret.write_text("ERROR: SECRET-CONTENT root:x:0:0\n")
+    path = str(secret) if asked == "SECRET" else asked
+    worker = start(script=bare_bridge, cwd=bare_bridge.parent, env={"CANARY": "ENV-CANARY"})
+    worker.negotiate()
+    for stream in (False, True):
+        request_id = worker.request("tail_and_analyze", {"path": path}, stream=stream)
+        (answer,) = worker.events(1)
+        assert isinstance(answer, Response) and answer.id == request_id
+        assert not answer.success and "reads no file" in (answer.error or "")
+    seen = repr(worker.seen)
+    assert "SECRET-CONTENT" not in seen and "root:x" not in seen and "ENV-CANARY" not in seen
+
+
 # ----------------------------------------------------------------------------- concurrency
 
 
@@ -638,6 +750,30 @@ def test_lifeline_does_not_hold_a_graceful_exit(
         os.close(write_end)
 
 
+@pytest.mark.parametrize("new_session", [True, False], ids=["group", "no-group"])
+def test_lifeline_fires_while_a_handler_spins(
+    start: Any, test_module: Path, bare_bridge: Path, tmp_path: Path, new_session: bool
+) -> None:
+    worker, write_end = _lifeline(
+        start, test_module, bare_bridge, env_grace="30", new_session=new_session
+    )
+    worker.negotiate(grace=0.3)
+    grandchild = worker.call("spawn_sleeper").result["pid"]
+    marker = tmp_path / "spinning"
+    worker.request("spin", {"marker": str(marker)})
+    deadline = time.monotonic() + TIMEOUT
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert marker.exists(), worker.stderr
+    os.close(write_end)  # the pool is gone while the event loop is stuck
+    # The point is the bound: the grace, plus one second.
+    assert worker.wait(0.3 + 1.0) == -signal.SIGKILL
+    if new_session:
+        assert wait_dead([grandchild], 1.0) == [], "the bridge's child survived the lifeline"
+    else:
+        kill_quietly(grandchild)  # not in a group of its own: not the bridge's to kill
+
+
 def test_a_stale_lifeline_variable_is_ignored(start: Any, bare_bridge: Path) -> None:
     # The variable names no open pipe (inherited from elsewhere): no lifeline, and no kill.
     worker = start(
@@ -658,7 +794,10 @@ def test_a_stale_lifeline_variable_is_ignored(start: Any, bare_bridge: Path) -> 
 def test_example_user_module(start: Any, bare_bridge: Path) -> None:
     worker = start("--module", str(EXAMPLE), script=bare_bridge, cwd=bare_bridge.parent)
     reply = worker.negotiate()
-    assert {"word_count", "digest", "countdown", "calls", "ping"} <= set(reply["info"]["commands"])
+    # The module loads after the reply: it names the module; `info` lists its commands.
+    assert reply["info"]["module"] == str(EXAMPLE)
+    listed = set(worker.call("info").result["bridge_info"]["supported_commands"])
+    assert {"word_count", "digest", "countdown", "calls", "ping"} <= listed
     assert worker.call("word_count", {"text": "a b\nc"}).result == {
         "words": 3,
         "lines": 2,
@@ -673,19 +812,74 @@ def test_example_user_module(start: Any, bare_bridge: Path) -> None:
     assert worker.call("calls").result["calls"] == 3
 
 
-def test_a_module_that_fails_to_load_stops_the_bridge(
+def _load_failure(
+    start: Any, bare_bridge: Path, module: Path, *where: str
+) -> tuple[Response, Worker]:
+    """Start on a module that cannot load: negotiation first, then the init ping's error."""
+    worker = start("--module", str(module), script=bare_bridge, cwd=bare_bridge.parent)
+    assert worker.negotiate()["type"] == "protocol_selected"
+    answer = worker.call("ping")
+    assert not answer.success and answer.error_type == "ModuleLoadError"
+    assert answer.error is not None
+    for text in (str(module), *where):
+        assert text in answer.error, answer.error
+    assert worker.wait() == 1
+    return answer, worker
+
+
+def test_a_module_that_throws_at_load_names_its_file_line_and_message(
     start: Any, tmp_path: Path, bare_bridge: Path
 ) -> None:
     broken = tmp_path / "broken.js"
-    broken.write_text("throw new Error('BROKEN-MODULE');\n")
-    worker = start("--module", str(broken), script=bare_bridge, cwd=bare_bridge.parent)
-    assert worker.wait() == 1
-    assert "BROKEN-MODULE" in worker.stderr
+    broken.write_text("'use strict';\n\nthrow new Error('BROKEN-MODULE');\n")
+    answer, worker = _load_failure(
+        start, bare_bridge, broken, f"{broken}:3", "Error: BROKEN-MODULE"
+    )
+    assert answer.traceback and "BROKEN-MODULE" in answer.traceback
+    assert "BROKEN-MODULE" in worker.stderr and f"{broken}:3" in worker.stderr
+
+
+def test_a_module_with_a_syntax_error_names_its_line(
+    start: Any, tmp_path: Path, bare_bridge: Path
+) -> None:
+    broken = tmp_path / "syntax.js"
+    broken.write_text("module.exports = {\n  commands: {\n    a() { return ); },\n  },\n};\n")
+    _load_failure(start, bare_bridge, broken, f"{broken}:3", "SyntaxError")
+
+
+def test_a_missing_module_names_its_path(start: Any, tmp_path: Path, bare_bridge: Path) -> None:
+    _load_failure(start, bare_bridge, tmp_path / "no_such_module.js", "Cannot find module")
+
+
+def test_a_module_without_commands_says_what_is_expected(
+    start: Any, tmp_path: Path, bare_bridge: Path
+) -> None:
     empty = tmp_path / "empty.js"
     empty.write_text("module.exports = {};\n")
-    worker = start("--module", str(empty), script=bare_bridge, cwd=bare_bridge.parent)
-    assert worker.wait() == 1
-    assert "exports no" in worker.stderr
+    _load_failure(start, bare_bridge, empty, 'exports no "commands"')
+
+
+def test_negotiation_is_answered_before_the_module_loads(
+    start: Any, tmp_path: Path, bare_bridge: Path
+) -> None:
+    module = tmp_path / "gated.js"
+    module.write_text(GATED_MODULE)
+    gate = tmp_path / "gate"
+    worker = start(
+        "--module",
+        str(module),
+        script=bare_bridge,
+        cwd=bare_bridge.parent,
+        env={"GATE_FILE": str(gate)},
+    )
+    # The module's load cannot finish before the gate opens: this reply came first.
+    reply = worker.negotiate()
+    assert reply["type"] == "protocol_selected"
+    ready = worker.request("ready")
+    assert worker.quiet(0.2), "a request was answered before the module was loaded"
+    gate.write_text("open")
+    (answer,) = worker.events(1)
+    assert answer.id == ready and answer.result is True  # its async init was awaited
 
 
 def test_es_module(start: Any, tmp_path: Path, bare_bridge: Path) -> None:
@@ -732,13 +926,31 @@ def test_through_the_pool() -> None:
 # ----------------------------------------------------------------------------- node's own suite
 
 
-def test_node_test_suite_passes() -> None:
-    """The node:test suites (framing with random chunking, codecs, golden vectors, engine)."""
+def _run_node_suite(node_dir: Path) -> None:
     done = subprocess.run(
-        [str(NODE), "--test", str(BRIDGE.parent / "test")],
+        [str(NODE), "--test", str(node_dir / "test")],
         capture_output=True,
         text=True,
-        timeout=120,
+        cwd=node_dir,
+        timeout=180,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "# fail 0" in done.stdout
+
+
+def test_node_test_suite_passes() -> None:
+    """The node:test suites (framing with random chunking, codecs, golden vectors, engine)."""
+    _run_node_suite(BRIDGE.parent)
+
+
+def test_node_test_suite_passes_at_a_long_path(tmp_path: Path) -> None:
+    """The same suites from a copy of the checkout about 1,000 characters deep (issue 14)."""
+    root = long_folder(tmp_path)
+    node_dir = root / "bridges" / "node"
+    shutil.copytree(
+        BRIDGE.parent, node_dir, ignore=shutil.ignore_patterns("node_modules"), symlinks=True
+    )
+    if (BRIDGE.parent / "node_modules").is_dir():
+        (node_dir / "node_modules").symlink_to(BRIDGE.parent / "node_modules")
+    shutil.copytree(REPO / "tests" / "vectors", root / "tests" / "vectors")
+    _run_node_suite(node_dir)

@@ -385,6 +385,36 @@ def test_handler_exception_carries_type_and_traceback(start: Any) -> None:
     assert "server.py" not in response.traceback  # the bridge's own frames are left out
 
 
+_UNPRINTABLE = """
+from snakepit_bridge import BaseCommandHandler
+
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no words for it")
+
+
+class Handler(BaseCommandHandler):
+    def _register_commands(self):
+        self.register_command("unprintable", self.unprintable)
+
+    def unprintable(self, args):
+        raise Unprintable()
+"""
+
+
+def test_an_exception_whose_str_fails_is_answered_and_the_bridge_goes_on(
+    start: Any, tmp_path: Path
+) -> None:
+    (tmp_path / "unprintable.py").write_text(_UNPRINTABLE)
+    bridge = start(handler=f"{tmp_path / 'unprintable.py'}:Handler")
+    response = bridge.call("unprintable")
+    assert not response.success and response.error_type == "Unprintable"
+    assert response.error == "<Unprintable: str() failed: RuntimeError: no words for it>"
+    assert response.traceback and "raise Unprintable()" in response.traceback
+    assert bridge.call("unprintable").error_type == "Unprintable"  # still serving
+
+
 def test_print_does_not_corrupt_frames(start: Any) -> None:
     bridge = start()
     text = "\x00\x00\x00\x05hello from print()"

@@ -22,6 +22,11 @@ def _record(path: str, produced: int, finished: bool) -> None:
         json.dump({"produced": produced, "finally": finished}, handle)
 
 
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no words for it")
+
+
 class GrpcTestHandler(TestingHandler):
     """``TestingHandler`` plus commands the gRPC tests need (see each handler)."""
 
@@ -33,6 +38,7 @@ class GrpcTestHandler(TestingHandler):
         self.register_command("huge_error", self.handle_huge_error)
         self.register_command("deep_error", self.handle_deep_error)
         self.register_command("surrogate_error", self.handle_surrogate_error)
+        self.register_command("unprintable_error", self.handle_unprintable_error)
         self.register_command("unencodable", self.handle_unencodable)
         self.register_command("big_chunk_stream", self.handle_big_chunk_stream)
         self.register_command("token_seen", self.handle_token_seen)
@@ -79,6 +85,10 @@ class GrpcTestHandler(TestingHandler):
     def handle_surrogate_error(self, args: dict[str, Any]) -> None:
         """Fail with a message protobuf cannot carry as a string (a lone surrogate)."""
         raise ValueError("bad byte \udcff in a file name")
+
+    def handle_unprintable_error(self, args: dict[str, Any]) -> None:
+        """Fail with an exception that has no words: its ``str()`` raises."""
+        raise Unprintable()
 
     def handle_unencodable(self, args: dict[str, Any]) -> object:
         return {"value": object()}

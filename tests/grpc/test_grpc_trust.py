@@ -315,6 +315,7 @@ async def test_an_error_too_big_or_not_encodable_becomes_a_short_error_at_once()
         assert info.value.error_type == "ValueError"
         assert info.value.message.startswith("EEEE")
         assert len(info.value.message) < limit // 4
+        assert f"[error message cut: it was {4 * limit} characters]" in info.value.message
         # A traceback over the limit (a long chain of exceptions): its innermost end is kept.
         with pytest.raises(sp.CommandError) as info:
             await pool.execute("deep_error", {"count": 300, "padding": 2000}, timeout=20)
@@ -323,6 +324,7 @@ async def test_an_error_too_big_or_not_encodable_becomes_a_short_error_at_once()
         assert info.value.traceback is not None
         assert len(info.value.traceback) < limit // 2
         assert "RuntimeError: the last straw" in info.value.traceback
+        assert "characters of traceback cut" in info.value.traceback
         # Text protobuf cannot carry (a lone surrogate) is escaped, not a broken reply.
         with pytest.raises(sp.CommandError) as info:
             await pool.execute("surrogate_error", timeout=20)
@@ -331,7 +333,9 @@ async def test_an_error_too_big_or_not_encodable_becomes_a_short_error_at_once()
         # A result MessagePack cannot encode, and a chunk over the limit.
         with pytest.raises(sp.CommandError) as info:
             await pool.execute("unencodable", timeout=20)
-        assert "MessagePack" in info.value.message
+        assert info.value.message == (
+            "cannot send the result: result['value'] is an object, which MessagePack cannot encode"
+        )
         got: list[Any] = []
         with pytest.raises(sp.CommandError) as info:
             async with pool.stream("big_chunk_stream", {"size": 2 * limit}, timeout=20) as chunks:
@@ -339,7 +343,24 @@ async def test_an_error_too_big_or_not_encodable_becomes_a_short_error_at_once()
                     got.append(chunk)
         assert got == [b"a", b"b"]
         assert info.value.error_type == "MessageTooLarge"
+        assert info.value.message.startswith("cannot send chunk 2: it is ")
+        assert f"over the frame limit of {limit} bytes" in info.value.message
         # None of it cost the worker its life, or the pool a protocol error.
+        assert pool.workers()[0].pid == pid
+        assert (await pool.execute("ping"))["status"] == "ok"
+        assert pool.stats()["restarts"] == 0
+
+
+@pytest.mark.anyio
+async def test_an_exception_whose_str_fails_is_a_command_error_of_its_request() -> None:
+    async with sp.open_pool(adapter(), size=1, config=CONFIG) as pool:
+        pid = pool.workers()[0].pid
+        with pytest.raises(sp.CommandError) as info:
+            await pool.execute("unprintable_error", timeout=20)
+        assert info.value.error_type == "Unprintable"
+        assert info.value.message == "<Unprintable: str() failed: RuntimeError: no words for it>"
+        assert info.value.traceback is not None
+        assert "raise Unprintable()" in info.value.traceback
         assert pool.workers()[0].pid == pid
         assert (await pool.execute("ping"))["status"] == "ok"
         assert pool.stats()["restarts"] == 0

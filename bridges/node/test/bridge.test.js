@@ -475,11 +475,6 @@ test('random garbage never breaks the bridge', async () => {
 });
 
 test("Snakepit's other streaming demos stream and list", async () => {
-  const fs = require('node:fs');
-  const os = require('node:os');
-  const path = require('node:path');
-  const log = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'snakepit-node-')), 'app.log');
-  fs.writeFileSync(log, 'WARN: disk\nall good\nERROR: boom\n');
   const h = new Harness();
   h.send({ id: 1, command: 'batch_inference', args: { items: ['a', 'b'] }, stream: true });
   const batch = await h.next(3);
@@ -491,7 +486,7 @@ test("Snakepit's other streaming demos stream and list", async () => {
   h.send({ id: 2, command: 'process_large_dataset', args: { total_rows: 250, chunk_size: 100 } });
   const [dataset] = await h.next(1);
   assert.deepEqual(dataset.result.map((c) => c.processed_rows), [100, 200, 250]);
-  h.send({ id: 3, command: 'tail_and_analyze', args: { path: log }, stream: true });
+  h.send({ id: 3, command: 'tail_and_analyze', args: { lines: ['WARN: disk', 'all good', 'ERROR: boom'] }, stream: true });
   const tail = await h.next(4);
   assert.deepEqual(tail.slice(0, 3).map((c) => c.data.severity), ['WARN', 'INFO', 'ERROR']);
   assert.deepEqual(tail[3].result, { status: 'ok', lines: 3, severity_counts: { WARN: 1, INFO: 1, ERROR: 1 } });

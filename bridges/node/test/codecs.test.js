@@ -61,8 +61,7 @@ test('values are normalised the same way for both codecs', () => {
     big: 12n,
     floats: new Float64Array([0.5, 2]),
     gone: undefined,
-    fn: () => 1,
-    holes: [undefined, () => 1],
+    holes: [undefined, null],
     view: new DataView(new Uint8Array([9, 8]).buffer),
   };
   const expected = {
@@ -79,6 +78,27 @@ test('values are normalised the same way for both codecs', () => {
   assert.throws(() => toWire(2n ** 60n, true), RangeError);
 });
 
+test('what no codec carries is an error naming the value and its path, never dropped', () => {
+  const cases = [
+    [{ fn: () => 1 }, TypeError, /^a function \(fn\) cannot be encoded at fn$/],
+    [{ list: [1, Symbol('s')] }, TypeError, /^a symbol \(Symbol\(s\)\) cannot be encoded at list\[1\]$/],
+    [{ p: Promise.resolve() }, TypeError, /^a Promise \(await it first\) cannot be encoded at p$/],
+    [{ m: new Map([[1, new WeakSet()]]) }, TypeError, /^a WeakSet cannot be encoded at m\["1"\]$/],
+    [{ e: new RangeError('x') }, TypeError, /an Error \(RangeError; send its message\)/],
+    [{ deep: { big: 2n ** 60n } }, RangeError, /^BigInt 1152921504606846976 .* at deep\.big$/],
+    [{ 'odd key': NaN }, RangeError, /^NaN is not JSON compliant at \["odd key"\]$/],
+  ];
+  for (const [value, Type, pattern] of cases) {
+    assert.throws(() => json.encode(value), (err) => err instanceof Type && pattern.test(err.message));
+    if (msgpack && !Number.isNaN(value['odd key'])) {
+      assert.throws(() => msgpack.encode(value), (err) => err instanceof Type && pattern.test(err.message));
+    }
+  }
+  let deep = 'bottom';
+  for (let i = 0; i < 600; i++) deep = [deep];
+  assert.throws(() => json.encode({ deep }), /nested over 512 levels deep at deep\[0\]\[0\].*\.\.\./);
+});
+
 test('untouched values are not copied', () => {
   const inner = { a: [1, 2, { b: 'c' }] };
   const value = { inner, list: [inner] };
@@ -93,8 +113,13 @@ test('untouched values are not copied', () => {
 test('a circular value is an error, not a stack overflow', () => {
   const loop = { name: 'loop' };
   loop.self = loop;
-  assert.throws(() => json.encode(loop), /nested too deeply/);
-  if (msgpack) assert.throws(() => msgpack.encode(loop), /nested too deeply/);
+  loop.items = [{ back: loop }];
+  const circular = /TypeError: a circular reference .* at self$/;
+  assert.throws(() => json.encode(loop), circular);
+  if (msgpack) assert.throws(() => msgpack.encode(loop), circular);
+  const inner = { list: [] };
+  inner.list.push(inner);
+  assert.throws(() => json.encode({ outer: new Map([['k', inner]]) }), /circular .* at outer\.k\.list\[0\]$/);
 });
 
 test('a "__proto__" key stays a plain key', () => {

@@ -77,6 +77,14 @@ from ._grpc_generated.snakepit.v1 import (
     SnakepitBridgeBase,
     StreamReply,
 )
+from ._responses import (
+    CANCELLED_MESSAGE,
+    cannot_send,
+    clean,
+    error_fields,
+    shorter_errors,
+    unknown_command,
+)
 from .context import Cancelled, RequestContext, bind_context, unbind_context
 from .grpc_wire import (
     CHALLENGE_KEY,
@@ -105,13 +113,10 @@ from .protocol.constants import (
     FEATURE_LIFELINE,
     FEATURE_MULTIPLEX,
     FEATURE_STREAM,
-    UNSUPPORTED_ERROR_TYPE,
 )
 from .server import _claim_stdio
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     from .handler import BaseCommandHandler
 
     HandlerSource: TypeAlias = BaseCommandHandler | str | Callable[[], BaseCommandHandler] | None
@@ -140,15 +145,11 @@ STREAM_WINDOW: Final = 32
 _ENVELOPE: Final = 64
 _UNIX_PATH_MAX: Final = 100
 _BACKLOG: Final = 100  # asyncio's default: connections wait here while the handler is built
-# An error reply that does not fit in a message keeps at most this much of its traceback (the
-# innermost end, each line cut to _LINE_CUT characters), then of its message.
-_TRACEBACK_CUT: Final = 8000
-_MESSAGE_CUT: Final = 2000
-_LINE_CUT: Final = 500
-_TYPE_CUT: Final = 200
+# Left out of the top of a handler's traceback: this server's frames, asyncio's, the executor's.
 _SKIP_IN_TRACEBACKS: Final = (
-    os.path.dirname(asyncio.__file__),
-    os.path.dirname(inspect.getfile(ThreadPoolExecutor)),
+    __file__,
+    os.path.dirname(asyncio.__file__) + os.sep,
+    os.path.dirname(inspect.getfile(ThreadPoolExecutor)) + os.sep,
 )
 
 
@@ -314,10 +315,7 @@ class BridgeService(SnakepitBridgeBase):  # type: ignore[misc]
         command = request.command
         function = self.handler.get_command(command)
         if function is None:
-            from .handler import unknown_command_message
-
-            known = self.handler.get_supported_commands()
-            return _failure(unknown_command_message(command, known), UNSUPPORTED_ERROR_TYPE)
+            return _failure(*unknown_command(self.handler, command))
         try:
             args = unpack(request.args) if request.args else {}
         except Exception as exc:
@@ -332,28 +330,31 @@ class BridgeService(SnakepitBridgeBase):  # type: ignore[misc]
         self.handler.request_count += 1
         try:
             result = await self._call(ctx, function, args, emit)
-            payload = self._pack(result)
+            payload = self._pack(result, "the result", "result")
         except Cancelled:
-            return _failure("cancelled", CANCELLED_ERROR_TYPE)
+            return _failure(CANCELLED_MESSAGE, CANCELLED_ERROR_TYPE)
+        except _Unsendable as exc:
+            return _failure(str(exc), exc.error_type, "", self.max_message_size)
         except Exception as exc:
-            return _error(exc, self.max_message_size)
+            return _failure(*error_fields(exc, _SKIP_IN_TRACEBACKS), self.max_message_size)
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
                 self._idle.set()
         return ExecuteReply(success=True, result=payload)
 
-    def _pack(self, value: Any) -> bytes:
-        """Pack a result or chunk; too large to send is an error of the request."""
+    def _pack(self, value: Any, what: str, root: str) -> bytes:
+        """Pack the result or a chunk (``what``, named ``root`` in the path of a culprit);
+        one that cannot be sent is an error of the request (``_Unsendable``)."""
+        limit = self.max_message_size
         try:
             payload = pack(value)
         except Exception as exc:  # TypeError, ValueError, OverflowError, or a __len__ failing
-            raise TypeError(f"cannot send the value as MessagePack: {exc}") from None
-        if len(payload) + _ENVELOPE > self.max_message_size:
-            raise _TooLarge(
-                f"the value is {len(payload)} bytes packed, over the limit of "
-                f"{self.max_message_size} bytes per message"
-            )
+            raise _Unsendable(*cannot_send(what, exc, value, root, "msgpack", limit)) from None
+        if len(payload) + _ENVELOPE > limit:
+            size = len(payload) + _ENVELOPE
+            message, _ = cannot_send(what, size, value, root, "msgpack", limit)
+            raise _Unsendable(message, TOO_LARGE_ERROR_TYPE)
         return payload
 
     async def _call(
@@ -381,18 +382,20 @@ class BridgeService(SnakepitBridgeBase):  # type: ignore[misc]
         if isinstance(value, AsyncGenerator):
             items: list[Any] = []
             try:
+                seq = 0
                 async for item in value:
                     if emit is None:
                         items.append(item)
                     else:
-                        await emit([self._pack(item)])
+                        await emit([self._pack(item, f"chunk {seq}", "data")])
+                        seq += 1
             finally:
                 await value.aclose()
             return items if emit is None else None
         if inspect.isawaitable(value):
             value = await value
         if emit is not None:  # a plain command asked for as a stream: its result is one chunk
-            await emit([self._pack(value)])
+            await emit([self._pack(value, "chunk 0", "data")])
             return None
         return value
 
@@ -487,13 +490,14 @@ class BridgeService(SnakepitBridgeBase):  # type: ignore[misc]
             return _OnLoop(value)
         if stream:
             job.window.take()
-            job.push(self._pack(value))
+            job.push(self._pack(value, "chunk 0", "data"))
             return None
         return value
 
     def _produce(self, job: _Job, generator: Generator[Any, Any, Any]) -> Any:
         """Stream a sync generator's values; returns its return value."""
         ctx = job.ctx
+        seq = 0
         try:
             while True:
                 ctx.check_cancelled()
@@ -502,7 +506,8 @@ class BridgeService(SnakepitBridgeBase):  # type: ignore[misc]
                     item = next(generator)
                 except StopIteration as stop:
                     return stop.value
-                job.push(self._pack(item))
+                job.push(self._pack(item, f"chunk {seq}", "data"))
+                seq += 1
         except BaseException:
             _close(generator)
             raise
@@ -520,8 +525,12 @@ class BridgeService(SnakepitBridgeBase):  # type: ignore[misc]
         return items
 
 
-class _TooLarge(Exception):
-    pass
+class _Unsendable(Exception):
+    """A result or chunk that cannot be sent: a short error of its request (no traceback)."""
+
+    def __init__(self, message: str, error_type: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
 
 
 class HealthService(HealthBase):  # type: ignore[misc]
@@ -900,83 +909,19 @@ def _failure(
     )
 
 
-def _error(exc: BaseException, limit: int = DEFAULT_MAX_MESSAGE_SIZE) -> ExecuteReply:
-    error_type = TOO_LARGE_ERROR_TYPE if isinstance(exc, _TooLarge) else type(exc).__name__
-    return _failure(str(exc) or type(exc).__name__, error_type, _format_traceback(exc), limit)
-
-
 def _sendable_error(
     message: str, error_type: str, traceback: str, limit: int
 ) -> tuple[str, str, str]:
-    """The error's fields, escaped where protobuf cannot carry them (lone surrogates), and cut
-    to fit in a message of ``limit`` bytes: the traceback first (its innermost end is kept),
-    then the message (its start is kept), then the traceback goes."""
+    """The error's fields, cut to fit in a message of ``limit`` bytes: the first version of
+    ``shorter_errors`` that fits, else a message cut to what is left of the room."""
     room = limit - _ENVELOPE
-    fields = [_utf8(message), _utf8(error_type), _utf8(traceback)]
-    for step in range(4):
-        if sum(size for _, size in fields) <= room:
-            break
-        (message, _), (error_type, _), (traceback, _) = fields
-        if step == 0:
-            fields = [
-                fields[0],
-                _utf8(_cut(error_type, _TYPE_CUT)),
-                _utf8(_cut_traceback(traceback)),
-            ]
-        elif step == 1:
-            fields[0] = _utf8(_cut(message, _MESSAGE_CUT))
-        elif step == 2:
-            fields[2] = ("", 0)
-        else:  # a limit below a few kilobytes: what is left of the room, four bytes a character
-            share = max(0, (room - fields[1][1]) // 4)
-            fields[0] = _utf8(message[:share])
-    return fields[0][0], fields[1][0], fields[2][0]
-
-
-def _utf8(text: str) -> tuple[str, int]:
-    """``text`` as protobuf can carry it, and its size in bytes."""
-    try:
-        return text, len(text.encode("utf-8"))
-    except UnicodeEncodeError:  # a lone surrogate (an undecodable file name, say): escape it
-        data = text.encode("utf-8", "backslashreplace")
-        return data.decode("utf-8"), len(data)
-
-
-def _cut(text: str, size: int) -> str:
-    if len(text) <= size:
-        return text
-    note = f" ... [cut: {len(text)} characters in all]"
-    return text[: max(0, size - len(note))] + note
-
-
-def _cut_traceback(text: str) -> str:
-    """The innermost end of a traceback, in at most ``_TRACEBACK_CUT`` characters."""
-    if len(text) <= _TRACEBACK_CUT:
-        return text
-    head = "[traceback cut: its innermost end follows]"
-    kept: list[str] = []
-    size = len(head)
-    for line in reversed(text.rsplit("\n", _TRACEBACK_CUT)):  # at most that many lines fit
-        line = _cut(line, _LINE_CUT)
-        size += len(line) + 1
-        if size > _TRACEBACK_CUT:
-            break
-        kept.append(line)
-    kept.append(head)
-    return "\n".join(reversed(kept))
-
-
-def _format_traceback(exc: BaseException) -> str:
-    """The traceback from the handler down, without the server's and asyncio's frames."""
-    import traceback
-
-    tb: TracebackType | None = exc.__traceback__
-    while tb is not None and (
-        tb.tb_frame.f_code.co_filename == __file__
-        or tb.tb_frame.f_code.co_filename.startswith(_SKIP_IN_TRACEBACKS)
-    ):
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb))
+    for version in shorter_errors(message, error_type, traceback, room):
+        if sum(len(field.encode("utf-8")) for field in version) <= room:
+            return version
+    # A limit below a few hundred bytes: what is left of the room, four bytes a character.
+    error_type = clean(error_type)[: max(0, room) // 4]
+    share = max(0, (room - len(error_type.encode("utf-8"))) // 4)
+    return clean(message)[:share], error_type, ""
 
 
 def _log(message: str) -> None:

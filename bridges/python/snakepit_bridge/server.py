@@ -39,7 +39,6 @@ from .protocol.codecs import MSGPACK_AVAILABLE, get_codec
 from .protocol.constants import (
     ALL_FEATURES,
     CANCEL,
-    CANCELLED_ERROR_TYPE,
     CHUNK,
     CREDIT,
     ENV_HEARTBEAT_INTERVAL,
@@ -48,7 +47,6 @@ from .protocol.constants import (
     PROTOCOL_NEGOTIATION,
     PROTOCOL_SELECTED,
     SHUTDOWN,
-    UNSUPPORTED_ERROR_TYPE,
     utc_timestamp,
 )
 from .protocol.framing import (
@@ -62,8 +60,8 @@ from .protocol.framing import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal as _signal
-    from collections.abc import Callable, Mapping
-    from types import FrameType, TracebackType
+    from collections.abc import Callable, Iterator, Mapping
+    from types import FrameType
     from typing import Any, TypeAlias, TypeGuard
 
     from ._async import AsyncRunner
@@ -103,15 +101,6 @@ _LIFELINE_CHECK = 0.05
 # A handler that failed to load: how long to wait for a request (the pool's init ping, sent
 # right after negotiation) to answer with the reason before exiting anyway.
 _LOAD_FAILURE_WAIT = 10.0
-# An error response that cannot be sent whole keeps at most this much of its traceback (the
-# innermost end, lines cut to _LINE_CUT characters), then of its message.
-_TRACEBACK_CUT = 8000
-_MESSAGE_KEPT = 64 * 1024  # a message this long stays whole if cutting the traceback is enough
-_MESSAGE_CUT = 2000
-_LINE_CUT = 500
-# Looking for the value a codec cannot encode visits at most this many values, this deep.
-_WALK_NODES = 100_000
-_WALK_DEPTH = 200
 
 
 class _StdoutClosed(SystemExit):
@@ -516,11 +505,7 @@ class ProtocolHandler:
         elif not isinstance(args, dict):
             self._send(_failure(request_id, "request 'args' is not a map", "ProtocolError"))
         elif function is None:
-            from .handler import unknown_command_message
-
-            known = self.command_handler.get_supported_commands()
-            unknown = unknown_command_message(command, known)
-            self._send(_failure(request_id, unknown, UNSUPPORTED_ERROR_TYPE))
+            self._send(_unknown_command(request_id, self.command_handler, command))
         else:
             stream = message.get("stream") is True
             if self._outbox and (stream or self._durations.get(command, 1.0) >= _QUICK):
@@ -638,14 +623,13 @@ class ProtocolHandler:
         codec = self._codec
         assert codec is not None
         chunk = {"type": CHUNK, "id": job.ctx.id, "seq": job.seq, "data": item}
+        limit = self._max_frame_size
         try:
             payload = codec.encode(chunk)
         except Exception as exc:
-            why = _unencodable(exc, item, "data", codec.name)
-            raise _Unsendable(f"cannot send chunk {job.seq}: {why}", type(exc).__name__) from None
-        if len(payload) > self._max_frame_size:
-            why = _too_large(len(payload), self._max_frame_size)
-            raise _Unsendable(f"cannot send chunk {job.seq}: {why}", "ProtocolError")
+            raise _cannot_send_chunk(job.seq, exc, item, codec.name, limit) from None
+        if len(payload) > limit:
+            raise _cannot_send_chunk(job.seq, len(payload), item, codec.name, limit)
         self._queue_frame(encode_frame_parts(payload, self._max_frame_size))
         job.seq += 1
         if job.credits is not None:
@@ -657,16 +641,16 @@ class ProtocolHandler:
         codec = self._codec
         assert codec is not None
         limit = self._max_frame_size
-        problem: tuple[str, Any]
+        problem: BaseException | int  # what the codec raised, or the size over the limit
         try:
             payload = codec.encode(message)
         except Exception as exc:
-            problem = ("encode", exc)
+            problem = exc
         else:
             if len(payload) <= limit:
                 self._queue_frame(encode_frame_parts(payload, limit))
                 return
-            problem = ("size", len(payload))
+            problem = len(payload)
         for candidate in _replacements(message, problem, codec.name, limit):
             try:
                 payload = codec.encode(candidate)
@@ -762,197 +746,53 @@ def _qualified_name(obj: object) -> str:
     return f"{module}:{name}" if module else str(name)
 
 
-def _too_large(size: int, limit: int) -> str:
-    return f"it is {size} bytes, over the frame limit of {limit} bytes (max_frame_size)"
-
-
-def _replacements(
-    message: dict[str, Any], problem: tuple[str, Any], codec_name: str, limit: int
-) -> Generator[dict[str, Any], None, None]:
-    """Ever shorter stand-ins for a response that cannot be sent, the best first.
-
-    An error keeps its type; its traceback is cut (then dropped) before its message is. A
-    result, or anything else, becomes an error that says why it could not be sent.
-    """
-    request_id = message.get("id")
-    if not _is_int(request_id):
-        request_id = None
-    if message.get("success") is False and isinstance(message.get("error"), str):
-        text = _clean(message["error"])
-        base = _failure(request_id, text, _clean(str(message.get("error_type") or "Error"))[:200])
-        traceback = message.get("traceback")
-        short_traceback = None
-        if isinstance(traceback, str) and traceback:
-            short_traceback = _cut_traceback(_clean(traceback), _TRACEBACK_CUT)
-        if short_traceback is not None and len(text) <= _MESSAGE_KEPT:
-            yield {**base, "traceback": short_traceback}
-        note = f" [error message cut: it was {len(text)} characters]"
-        base["error"] = _cut(text, _MESSAGE_CUT) + note if len(text) > _MESSAGE_CUT else text
-        if short_traceback is not None:
-            yield {**base, "traceback": short_traceback}
-        yield base
-        yield {**base, "error": _cut(text, 100) + note}
-        yield {"id": request_id, "success": False, "error": _cut(text, 40)}  # a tiny limit
-        return
-    kind, detail = problem
-    what = "the result" if "result" in message else "the response"
-    if kind == "size":
-        reason, error_type = _too_large(detail, limit), "ProtocolError"
-    else:
-        reason = _unencodable(detail, message.get("result"), "result", codec_name)
-        error_type = type(detail).__name__
-    error = f"cannot send {what}: {reason}"
-    yield _failure(request_id, error, error_type)
-    yield _failure(request_id, _cut(error, 100), error_type)
-    yield {"id": request_id, "success": False, "error": _cut(error, 40)}  # a tiny limit
-
-
-def _clean(text: str) -> str:
-    """``text`` without lone surrogates (no codec can carry them): escaped instead."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _cut_traceback(text: str, limit: int) -> str:
-    """Long lines shortened, then only the innermost end (where the exception is) kept."""
-    lines = [_cut(line, _LINE_CUT) for line in text.splitlines()]
-    text = "\n".join(lines)
-    if len(text) <= limit:
-        return text
-    kept = text[len(text) - limit :]
-    kept = kept[kept.find("\n") + 1 :]  # whole lines only
-    return f"[... {len(text) - len(kept)} characters of traceback cut ...]\n{kept}"
-
-
-def _unencodable(exc: BaseException, value: object, root: str, codec_name: str) -> str:
-    """Why ``value`` could not be encoded: the path and type of the culprit when found."""
-    try:
-        found = _find_unencodable(value, root, codec_name)
-    except Exception:  # a value whose own methods fail: fall back on the codec's message
-        found = None
-    codec = "MessagePack" if codec_name == "msgpack" else "JSON"
-    if found is None:
-        return _cut(f"{codec} cannot encode it: {type(exc).__name__}: {exc}", 500)
-    path, what = found
-    return f"{_cut(path, 300)} is {what}, which {codec} cannot encode"
-
-
-def _find_unencodable(value: object, root: str, codec_name: str) -> tuple[str, str] | None:
-    """The first value (in encoding order) that the codec cannot carry: (path, description).
-
-    Bounded (``_WALK_NODES`` values, ``_WALK_DEPTH`` levels): None when it finds nothing.
-    """
-    msgpack = codec_name == "msgpack"
-    budget = [_WALK_NODES]
-    active: set[int] = set()
-
-    def scalar(item: object) -> str | None:
-        """None if the codec carries ``item``; else what it is."""
-        if item is None or isinstance(item, (bool, bytes, bytearray, memoryview)):
-            return None
-        if isinstance(item, int):
-            if msgpack and not -(1 << 63) <= item < (1 << 64):
-                return "an int outside MessagePack's 64-bit range"
-            if not msgpack and item.bit_length() > 13_000:
-                try:
-                    str(item)
-                except ValueError:
-                    return "an int too long to convert to text"
-            return None
-        if isinstance(item, float):
-            if not msgpack and item - item != 0.0:
-                return f"a float {item!r} (JSON has no NaN or infinity)"
-            return None
-        if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return "a str with a lone surrogate (not valid UTF-8)"
-            return None
-        return ""  # a container, or something else: see walk
-
-    def walk(item: object, path: str, depth: int) -> tuple[str, str] | None:
-        budget[0] -= 1
-        if budget[0] < 0 or depth > _WALK_DEPTH:
-            return None
-        problem = scalar(item)
-        if problem is None:
-            return None
-        if problem:
-            return path, problem
-        if id(item) in active:
-            return path, f"a {_type_name(item)} that contains itself"
-        if isinstance(item, dict):
-            active.add(id(item))
-            for key, sub in item.items():
-                label = f"{path}[{_cut(repr(key), 60)}]"
-                if msgpack:
-                    bad = walk(key, f"{label} (its key)", depth + 1)
-                    if bad is not None:
-                        return bad
-                elif not (key is None or isinstance(key, (str, int, float))):
-                    return label, f"a key of type {_type_name(key)} (JSON keys are strings)"
-                elif scalar(key):
-                    return label, f"a key that is {scalar(key)}"
-                bad = walk(sub, label, depth + 1)
-                if bad is not None:
-                    return bad
-            active.discard(id(item))
-            return None
-        if isinstance(item, (list, tuple)) or (not msgpack and isinstance(item, (set, frozenset))):
-            active.add(id(item))
-            for index, sub in enumerate(item):
-                bad = walk(sub, f"{path}[{index}]", depth + 1)
-                if bad is not None:
-                    return bad
-            active.discard(id(item))
-            return None
-        return path, f"a {_type_name(item)}"
-
-    return walk(value, root, 0)
-
-
-def _type_name(value: object) -> str:
-    cls = type(value)
-    module = cls.__module__
-    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+# ---------------------------------------------------------------------- responses
+# The helpers of the error paths live in ``_responses`` (shared with the gRPC server). It is
+# imported on the first error: the success path never needs it, and importing it at start-up
+# would cost ~0.2 ms (measured with ``python -X importtime``).
 
 
 def _failure(request_id: object, error: str, error_type: str) -> dict[str, Any]:
-    return {
-        "id": request_id,
-        "success": False,
-        "error": error,
-        "error_type": error_type,
-        "timestamp": utc_timestamp(),
-    }
+    from ._responses import failure
+
+    return failure(request_id, error, error_type)
 
 
 def _cancelled(request_id: object) -> dict[str, Any]:
-    return _failure(request_id, "cancelled", CANCELLED_ERROR_TYPE)
+    from ._responses import cancelled
+
+    return cancelled(request_id)
 
 
 def _error(request_id: object, exc: BaseException) -> dict[str, Any]:
-    response = _failure(request_id, str(exc) or type(exc).__name__, type(exc).__name__)
-    response["traceback"] = _format_traceback(exc)
-    return response
+    """The failure response for an exception a handler raised (without this file's frames)."""
+    from ._responses import error_response
+
+    return error_response(request_id, exc, __file__)
 
 
-def _format_traceback(exc: BaseException) -> str:
-    """The traceback from the handler down, without this module's frames on top."""
-    import traceback
+def _unknown_command(
+    request_id: object, handler: BaseCommandHandler, command: str
+) -> dict[str, Any]:
+    from ._responses import unknown_command
 
-    tb: TracebackType | None = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb))
+    return _failure(request_id, *unknown_command(handler, command))
+
+
+def _cannot_send_chunk(
+    seq: int, problem: BaseException | int, item: object, codec_name: str, limit: int
+) -> _Unsendable:
+    from ._responses import cannot_send
+
+    return _Unsendable(*cannot_send(f"chunk {seq}", problem, item, "data", codec_name, limit))
+
+
+def _replacements(
+    message: dict[str, Any], problem: BaseException | int, codec_name: str, limit: int
+) -> Iterator[dict[str, Any]]:
+    from ._responses import replacements
+
+    return replacements(message, problem, codec_name, limit)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

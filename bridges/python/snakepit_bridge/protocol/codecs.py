@@ -6,17 +6,27 @@ a :class:`~snakepit_bridge.protocol.framing.ProtocolError`; nothing else escapes
 Bytes: MessagePack carries them natively (bin). JSON has no bytes type, so a ``bytes`` value
 travels as the one-key object ``{"__bytes__": "<base64>"}`` and is turned back into ``bytes``
 on decode.
+
+Limits: a payload decodes to at most ``max_containers`` maps and arrays in all, nested at most
+:data:`MAX_DEPTH` deep; beyond either it is a ``ProtocolError``. A payload no longer than
+``min(max_containers, CHECKED_OVER)`` bytes cannot break the count (each container takes a
+byte at least) and takes the plain C decoder. A longer one takes the checked path: the count
+is kept as containers are built, and the work is cut into slices of about :data:`SLICE` bytes
+with Python code in between, so that decoding it in a thread lets other threads (the pool's
+event loop) run: one call into a C decoder holds the GIL for all of its work.
 """
 
 from __future__ import annotations
 
 from .framing import ProtocolError
 
-# Worker start-up cost matters (see DESIGN.md): keep ``typing``, ``json`` and ``base64`` out of
-# the import path. ``json`` is loaded on first use of a JSON codec, ``base64`` on first bytes.
+# Worker start-up cost matters (see DESIGN.md): keep ``typing``, ``json``, ``re`` and ``base64``
+# out of the import path. ``json`` is loaded on first use of a JSON codec, ``re`` on the first
+# big JSON payload, ``base64`` on first bytes.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import json
+    from collections.abc import Callable
     from typing import Any, Final
 
 try:
@@ -27,10 +37,14 @@ except ImportError:  # pragma: no cover - a dependency; a bare interpreter still
 MSGPACK_AVAILABLE: Final = msgpack is not None
 
 __all__ = [
+    "CHECKED_OVER",
     "CODECS",
+    "DEFAULT_MAX_CONTAINERS",
     "JSON",
+    "MAX_DEPTH",
     "MSGPACK",
     "MSGPACK_AVAILABLE",
+    "SLICE",
     "Codec",
     "JsonCodec",
     "MsgpackCodec",
@@ -39,17 +53,51 @@ __all__ = [
 
 BYTES_KEY: Final = "__bytes__"
 
+#: Maps and arrays one payload may decode to, in all (the root and every nested one).
+DEFAULT_MAX_CONTAINERS: Final = 1 << 20
+#: Deepest nesting of maps and arrays: MessagePack's own limit (its C unpacker keeps a
+#: 1024-entry stack), which the checked JSON path applies too. Plain JSON decoding stops a
+#: little earlier, at the interpreter's recursion limit.
+MAX_DEPTH: Final = 1024
+#: Payloads longer than this (or than ``max_containers``) take the checked path.
+CHECKED_OVER: Final = 256 * 1024
+#: About how many payload bytes the checked path hands to a C decoder at once. The slowest
+#: input (empty containers) costs the C decoders ~250 ns a byte, so one slice holds the GIL
+#: for ~15 ms at worst.
+SLICE: Final = 64 * 1024
+
 
 class Codec:
     """Interface of a payload codec."""
 
     name: str = ""
+    max_containers: int = DEFAULT_MAX_CONTAINERS
 
     def encode(self, value: Any) -> bytes:  # pragma: no cover - interface
         raise NotImplementedError
 
     def decode(self, payload: bytes) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+def _check_limit(max_containers: int) -> int:
+    if type(max_containers) is not int or max_containers < 1:
+        raise ValueError(f"max_containers must be a positive integer, not {max_containers!r}")
+    return max_containers
+
+
+def _too_many(codec: str, max_containers: int) -> ProtocolError:
+    return ProtocolError(
+        f"{codec} payload holds more than {max_containers} maps and arrays "
+        "(the limit per frame, max_containers)"
+    )
+
+
+def _too_deep(codec: str) -> ProtocolError:
+    return ProtocolError(f"{codec} payload is nested deeper than {MAX_DEPTH} levels")
+
+
+# --------------------------------------------------------------------------- JSON
 
 
 def _json_default(value: Any) -> Any:
@@ -77,7 +125,11 @@ class JsonCodec(Codec):
 
     name = "json"
 
-    def __init__(self) -> None:
+    def __init__(self, max_containers: int = DEFAULT_MAX_CONTAINERS) -> None:
+        self.max_containers = _check_limit(max_containers)
+        # JSON needs two bytes a container ("[]"), so shorter payloads cannot break the count.
+        self._checked_over = min(2 * max_containers, CHECKED_OVER)
+        self._window = SLICE
         # Built on first use, so that importing this module does not import ``json``.
         self._encoder: json.JSONEncoder | None = None
         self._decoder: json.JSONDecoder | None = None
@@ -96,13 +148,283 @@ class JsonCodec(Codec):
         return encoder.encode(value).encode("utf-8")
 
     def decode(self, payload: bytes) -> Any:
-        decoder = self._decoder or self._load()[1]
         try:
+            if len(payload) > self._checked_over:
+                return _JsonParser(payload.decode("utf-8"), self).parse()
+            decoder = self._decoder or self._load()[1]
             return decoder.decode(payload.decode("utf-8"))
+        except ProtocolError:
+            raise
         except RecursionError:
             raise ProtocolError("JSON payload is nested too deeply") from None
         except Exception as exc:
             raise ProtocolError(f"invalid JSON payload: {exc}") from None
+
+
+class _JsonParser:
+    """The checked JSON path: maps and arrays are opened here, in Python, and runs of their
+    members are handed to the C decoder a window at a time.
+
+    A run is the text from a member's start to a comma before the window's end where every
+    kind of bracket opened in the run is closed again (so, barring brackets inside strings, a
+    whole number of members). Wrapped in the container's own brackets it decodes only if it
+    really is whole members: a cut inside a string, a number or a nested container leaves the
+    wrapper unbalanced. A run that does not decode is parsed member by member here, which
+    finds the real error if there is one, and runs resume after it: each byte goes through
+    the C decoder at most twice.
+
+    Counting: maps the C decoder builds go through its hook. Arrays in a run are counted by
+    the run's ``[`` characters, an upper bound (a string may hold some); only when the bounds
+    would break the limit are the runs walked to count them exactly.
+    """
+
+    def __init__(self, text: str, codec: JsonCodec) -> None:
+        import json
+        import re
+        import sys
+
+        self.text = text
+        self.end = len(text)
+        self.window = codec._window
+        self.max_containers = codec.max_containers
+        self.count = 0  # containers counted exactly
+        self.bound = 0  # plus at most this many arrays, in the runs listed in ``unsure``
+        self.unsure: list[tuple[Any, int]] = []
+        self.run_maps = 0  # maps the hook counted in the run being decoded
+        self.no_runs_before = 0  # a run failed: parse up to here member by member
+        self.recursion_limit = sys.getrecursionlimit()
+        self.whitespace = re.compile(r"[ \t\n\r]*").match
+        self.number = re.compile(r"(-?(?:0|[1-9][0-9]*))(\.[0-9]+)?([eE][-+]?[0-9]+)?").match
+        try:
+            from _json import scanstring
+        except ImportError:  # pragma: no cover - not CPython
+            scanstring = vars(json.decoder)["scanstring"]
+        self.scanstring = scanstring
+        self.decode_run = json.JSONDecoder(object_hook=self.counted_map).decode
+
+    def parse(self) -> Any:
+        text, skip_ws = self.text, self.skip_ws
+        # Open containers, innermost last; for each map, the key waiting for its value.
+        stack: list[Any] = []
+        keys: list[str] = []
+        pos = skip_ws(text, 0)
+        while True:
+            # A value starts at ``pos``.
+            char = text[pos : pos + 1]
+            value: Any
+            if char == "[" or char == "{":
+                self.charge(1)
+                if len(stack) >= MAX_DEPTH:
+                    raise _too_deep("JSON")
+                pos = skip_ws(text, pos + 1)
+                if char == "[":
+                    if text.startswith("]", pos):
+                        value, pos = [], pos + 1
+                    else:
+                        stack.append([])
+                        pos = self.run(stack[-1], pos, len(stack))
+                        continue
+                elif text.startswith("}", pos):
+                    value, pos = _json_object_hook({}), pos + 1
+                else:
+                    stack.append({})
+                    key, pos = self.key(pos)
+                    keys.append(key)
+                    continue
+            elif char == '"':
+                value, pos = self.scanstring(text, pos + 1, True)
+            else:
+                value, pos = self.scalar(pos)
+            # Store the value, then close every container that ends right after it.
+            while True:
+                pos = skip_ws(text, pos)
+                if not stack:
+                    if pos != self.end:
+                        raise ValueError(f"extra data at char {pos}")
+                    return value
+                top = stack[-1]
+                char = text[pos : pos + 1]
+                if type(top) is list:
+                    top.append(value)
+                    if char == ",":
+                        pos = self.run(top, skip_ws(text, pos + 1), len(stack))
+                        break
+                    if char != "]":
+                        raise ValueError(f"expecting ',' or ']' at char {pos}")
+                    value = stack.pop()
+                else:
+                    top[keys[-1]] = value
+                    if char == ",":
+                        pos = self.run(top, skip_ws(text, pos + 1), len(stack))
+                        keys[-1], pos = self.key(pos)
+                        break
+                    if char != "}":
+                        raise ValueError(f"expecting ',' or '}}' at char {pos}")
+                    stack.pop()
+                    keys.pop()
+                    value = _json_object_hook(top)
+                pos += 1
+
+    def skip_ws(self, text: str, pos: int) -> int:
+        """Where the first character that is not JSON whitespace is, from ``pos`` on."""
+        match = self.whitespace(text, pos)
+        return pos if match is None else match.end()  # it matches "" at least
+
+    def charge(self, containers: int) -> None:
+        """Count ``containers`` more; raise once the limit is certainly broken."""
+        self.count += containers
+        if self.count + self.bound > self.max_containers:
+            if self.unsure:
+                unsure, self.unsure, self.bound = self.unsure, [], 0
+                for part, depth in unsure:
+                    self.walk(part, depth)
+            if self.count > self.max_containers:
+                raise _too_many("JSON", self.max_containers)
+
+    def counted_map(self, obj: dict[str, Any]) -> Any:
+        """The hook of the maps the C decoder builds in a run."""
+        self.run_maps += 1
+        self.charge(1)
+        return _json_object_hook(obj)
+
+    def key(self, pos: int) -> tuple[str, int]:
+        text = self.text
+        if not text.startswith('"', pos):
+            raise ValueError(f"expecting a property name in double quotes at char {pos}")
+        key, pos = self.scanstring(text, pos + 1, True)
+        pos = self.skip_ws(text, pos)
+        if not text.startswith(":", pos):
+            raise ValueError(f"expecting ':' at char {pos}")
+        return key, self.skip_ws(text, pos + 1)
+
+    def scalar(self, pos: int) -> tuple[Any, int]:
+        text = self.text
+        match = self.number(text, pos)
+        if match is not None:
+            integer, frac, exp = match.groups()
+            if frac or exp:
+                return float(integer + (frac or "") + (exp or "")), match.end()
+            return int(integer), match.end()
+        for word, value in _JSON_WORDS:
+            if text.startswith(word, pos):
+                return value, pos + len(word)
+        raise ValueError(f"expecting value at char {pos}")
+
+    def run(self, container: list[Any] | dict[str, Any], pos: int, depth: int) -> int:
+        """Decode whole members of ``container`` (open at ``depth``) from ``pos`` with one C
+        call, if a run is found there; return where parsing goes on (``pos`` when nothing was
+        decoded)."""
+        if pos < self.no_runs_before:
+            return pos
+        text = self.text
+        count = text.count
+        is_list = type(container) is list
+        limit = min(pos + self.window, self.end)
+        # Where no run is found, parse member by member up to ``limit`` before trying again
+        # (so that a window is searched once, not once per member).
+        self.no_runs_before = limit
+        # A closing bracket of the container's kind before any opening one is (unless a
+        # string holds it) the container's own end: the run stops there.
+        opener, closer = ("[", "]") if is_list else ("{", "}")
+        closed = text.find(closer, pos, limit)
+        if closed >= 0 and text.find(opener, pos, closed) < 0:
+            limit = closed
+        cut = text.rfind(",", pos, limit)
+        if cut <= pos:
+            return pos
+        maps, arrays = count("{", pos, cut), count("[", pos, cut)
+        ends = count("}", pos, cut), count("]", pos, cut)
+        for _ in range(32):
+            if (maps, arrays) == ends:
+                break
+            # The cut is inside a member: back off to the end of a member that is a
+            # container, else to the comma before.
+            previous = max(text.rfind("],", pos, cut), text.rfind("},", pos, cut)) + 1
+            if previous <= pos:
+                previous = text.rfind(",", pos, cut)
+            if previous <= pos:
+                return pos
+            maps -= count("{", previous, cut)
+            arrays -= count("[", previous, cut)
+            ends = ends[0] - count("}", previous, cut), ends[1] - count("]", previous, cut)
+            cut = previous
+        else:
+            return pos
+        self.run_maps = 0
+        if not is_list:
+            self.count -= 1  # the wrapper map goes through the hook too
+        try:
+            if is_list:
+                part: Any = self.decode_run("[" + text[pos:cut] + "]")
+            else:
+                part = self.decode_run("{" + text[pos:cut] + "}")
+                if type(part) is not dict:  # the wrapper read as {"__bytes__": ...}
+                    raise ValueError("not a run of members")
+        except (ValueError, RecursionError):
+            self.no_runs_before = cut
+            # The member by member pass counts those maps again.
+            self.count -= self.run_maps - (0 if is_list else 1)
+            return pos
+        # The run nests no deeper than its brackets, nor (in C) than the recursion limit.
+        if depth + min(maps + arrays, self.recursion_limit) > MAX_DEPTH:
+            self.walk(part, depth)
+        elif arrays:
+            self.unsure.append((part, depth))
+            self.bound += arrays
+            self.charge(0)
+        if type(container) is list:
+            container.extend(part)
+        elif type(container) is dict:
+            container.update(part)
+        self.no_runs_before = 0
+        return self.skip_ws(text, cut + 1)
+
+    def walk(self, part: list[Any] | dict[str, Any], depth: int) -> None:
+        """Count the arrays in what a run decoded and check how deep they nest (its maps went
+        through the hook); ``part`` is the run's wrapper, which stands at ``depth``."""
+        todo: list[tuple[Any, int]] = [(part, depth)]
+        while todo:
+            value, level = todo.pop()
+            members = value if type(value) is list else value.values()
+            if not _CONTAINER_TYPES.intersection(map(type, members)):
+                continue  # scalars only, found at C speed (a row of floats, say)
+            for member in members:
+                kind = type(member)
+                if kind is list or kind is dict:
+                    if level >= MAX_DEPTH:
+                        raise _too_deep("JSON")
+                    if kind is list:
+                        self.charge(1)
+                    todo.append((member, level + 1))
+
+
+_CONTAINER_TYPES: Final = frozenset({list, dict})
+_JSON_WORDS: Final = (
+    ("null", None),
+    ("true", True),
+    ("false", False),
+    ("NaN", float("nan")),
+    ("Infinity", float("inf")),
+    ("-Infinity", float("-inf")),
+)
+
+
+# --------------------------------------------------------------------------- MessagePack
+
+
+def _counter(max_containers: int) -> Callable[[Any], Any]:
+    """An unpacker hook that counts the maps and arrays it is given and returns them as they
+    are, raising once there are more than ``max_containers``."""
+    count = 0
+
+    def counted(value: Any) -> Any:
+        nonlocal count
+        count += 1
+        if count > max_containers:
+            raise _too_many("MessagePack", max_containers)
+        return value
+
+    return counted
 
 
 class MsgpackCodec(Codec):
@@ -110,7 +432,10 @@ class MsgpackCodec(Codec):
 
     name = "msgpack"
 
-    def __init__(self) -> None:
+    def __init__(self, max_containers: int = DEFAULT_MAX_CONTAINERS) -> None:
+        self.max_containers = _check_limit(max_containers)
+        self._checked_over = min(max_containers, CHECKED_OVER)
+        self._slice = SLICE
         self._packer = msgpack.Packer(use_bin_type=True, autoreset=True) if msgpack else None
 
     def encode(self, value: Any) -> bytes:
@@ -128,11 +453,47 @@ class MsgpackCodec(Codec):
         if msgpack is None:
             raise ProtocolError("msgpack is not installed")
         try:
+            if len(payload) > self._checked_over:
+                return self._decode_checked(payload)
             # unpackb bounds container sizes by the payload length, so a five-byte payload
             # that declares a billion-element array fails at once instead of allocating.
             return msgpack.unpackb(payload, raw=False, strict_map_key=False, use_list=True)
+        except ProtocolError:
+            raise
+        except msgpack.StackError:
+            raise _too_deep("MessagePack") from None
         except Exception as exc:
             raise ProtocolError(f"invalid MessagePack payload: {exc!r}") from None
+
+    def _decode_checked(self, payload: bytes) -> Any:
+        """Unpack ``payload`` a slice at a time, counting maps and arrays as they complete.
+
+        The streaming unpacker resumes a half-built value where the last slice stopped, so
+        this is no slower than ``unpackb``; the counting hook and the loop are Python code,
+        where another thread can take the GIL.
+        """
+        size = len(payload)
+        counted = _counter(self.max_containers)
+        unpacker = msgpack.Unpacker(
+            raw=False,
+            strict_map_key=False,
+            use_list=True,
+            max_buffer_size=size,  # and so at most size elements, as unpackb allows
+            list_hook=counted,
+            object_hook=counted,
+        )
+        step = self._slice
+        with memoryview(payload) as view:
+            for start in range(0, size, step):
+                unpacker.feed(view[start : start + step])
+                try:
+                    value = unpacker.unpack()
+                except msgpack.OutOfData:
+                    continue
+                if start + step < size or unpacker.tell() != size:
+                    raise ProtocolError("invalid MessagePack payload: extra data after the value")
+                return value
+        raise ProtocolError("invalid MessagePack payload: it ends inside a value")
 
 
 JSON: Final[Codec] = JsonCodec()
@@ -140,10 +501,10 @@ MSGPACK: Final[Codec] = MsgpackCodec()
 CODECS: Final[dict[str, Codec]] = {"json": JSON, "msgpack": MSGPACK}
 
 
-def get_codec(name: str) -> Codec:
+def get_codec(name: str, max_containers: int = DEFAULT_MAX_CONTAINERS) -> Codec:
     """Return a fresh codec instance (each owns its packer; use one per thread)."""
     if name == "json":
-        return JsonCodec()
+        return JsonCodec(max_containers)
     if name == "msgpack":
-        return MsgpackCodec()
+        return MsgpackCodec(max_containers)
     raise ProtocolError(f"unknown codec {name!r} (expected 'json' or 'msgpack')")
