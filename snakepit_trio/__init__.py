@@ -20,7 +20,7 @@ from ._errors import (
     WorkerTimeout,
 )
 from ._grpc import GrpcPythonAdapter
-from ._orphans import OrphanInfo, sweep_orphans
+from ._orphans import OrphanInfo, sweep_orphans, sweep_orphans_async
 from ._pool import ChunkStream, Pool, open_pool
 from ._programs import Program, create_global_program, create_program, execute_program
 from ._sessions import Session, SessionStore
@@ -74,4 +74,5 @@ __all__ = [
     "node_bridge_path",
     "open_pool",
     "sweep_orphans",
+    "sweep_orphans_async",
 ]

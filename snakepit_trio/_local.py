@@ -67,7 +67,7 @@ class LocalProcessTransport:
             return None
         if not self._config.hardened:
             return proc.pid
-        return _only_child(proc.pid)  # the real worker, behind its nanny
+        return proc.child_pid()  # the real worker, behind its nanny
 
     @property
     def node(self) -> str:
@@ -111,7 +111,11 @@ class LocalProcessTransport:
         if config.hardened:
             argv = [*_nanny_argv(config.shutdown_grace, config.kill_grace), "--", *argv]
         try:
-            self._proc = spawn_worker(argv, env=self._environment(), cwd=self._adapter.cwd)
+            # Spawned from the event loop's thread: the nanny's death signal follows the
+            # thread that spawned it.
+            self._proc = spawn_worker(
+                argv, env=self._environment(), cwd=self._adapter.cwd, report_child=config.hardened
+            )
         except OSError as exc:
             self._start_error = f"could not start {self._adapter.argv()[0]!r}: {exc}"
             raise StartFailed(self._start_error) from None
@@ -198,16 +202,6 @@ class LocalProcessTransport:
             proc.kill_now()
             proc.close()
             await self._after_close()
-
-
-def _only_child(pid: int) -> int | None:
-    """The one child of ``pid`` (the real worker behind a nanny), if it has exactly one."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
-            children = f.read().split()
-    except OSError:
-        return None
-    return int(children[0]) if len(children) == 1 else None
 
 
 def _stderr_hint(worker_id: int, pid: int, data: bytes) -> None:

@@ -13,7 +13,6 @@ import itertools
 import logging
 import math
 import os
-import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -39,6 +38,7 @@ from ._errors import (
     UnsupportedCommand,
     WorkerTimeout,
 )
+from ._orphans import kill_run, new_run_id
 from ._sessions import SessionStore, validate_session_id
 from ._slot import Call, Slot, WorkerInfo, startup_failure
 from ._transport import INITIAL_STREAM_CREDITS, TransportContext, encode_request
@@ -180,7 +180,7 @@ class Pool(metaclass=_NoPublicConstructor):
         self.adapter = adapter
         self.size = size
         self.config = config
-        self.run_id = f"{os.getpid()}-{int(time.time())}-{secrets.token_hex(4)}"
+        self.run_id = new_run_id()
         self.telemetry = tm.Telemetry()
         self.sessions = SessionStore(
             default_ttl=config.session_ttl,
@@ -942,6 +942,10 @@ class Pool(metaclass=_NoPublicConstructor):
         for release in self._shared.pop("closers", ()):  # what the transports shared
             with anyio.move_on_after(5.0):
                 await release()
+        # Whatever still carries this pool's run id escaped its worker's process group
+        # (setsid, or a nanny killed from outside): this is the last chance to take it down.
+        with anyio.move_on_after(5.0):
+            await anyio.to_thread.run_sync(kill_run, self.run_id, abandon_on_cancel=True)
         self._closed.set()
 
 

@@ -300,3 +300,19 @@ async def test_a_workers_first_stderr_line_is_shown_once_at_warning(
     assert len(hints) == 1
     assert hints[0].levelno == logging.WARNING
     assert "logging.basicConfig" in hints[0].getMessage()
+
+
+# ---------------------------------------------------------------- 9: the real worker's pid
+
+
+async def test_worker_info_names_the_real_worker_behind_its_nanny() -> None:
+    config = sp.PoolConfig(hardened=True, shutdown_grace=0.5, kill_grace=0.5)
+    async with sp.open_pool(pool_adapter(), size=1, config=config) as pool:
+        info = pool.workers()[0]
+        real = (await pool.execute("getpid"))["pid"]
+        assert info.pid != real  # the nanny
+        assert info.worker_pid == real
+        assert info.rss is not None and info.node
+    async with sp.open_pool(pool_adapter(), size=1, config=FAST) as pool:
+        info = pool.workers()[0]
+        assert info.worker_pid == info.pid == (await pool.execute("getpid"))["pid"]
