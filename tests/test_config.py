@@ -42,6 +42,8 @@ SECONDS: dict[str, tuple[float, bool, float, bool]] = {
     "drain_timeout": (0.0, True, MAX_SECONDS, False),
     "health_check_interval": (0.0, False, MAX_SECONDS, True),
     "health_check_timeout": (0.0, False, MAX_SECONDS, False),
+    "heartbeat_interval": (0.0, False, MAX_SECONDS, False),
+    "heartbeat_timeout": (0.0, False, MAX_SECONDS, True),
     "max_lifetime": (0.0, False, MAX_SECONDS, True),
     "restart_backoff": (0.0, True, MAX_SECONDS, False),
     "restart_backoff_max": (0.0, True, MAX_SECONDS, False),
