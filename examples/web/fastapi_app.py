@@ -143,8 +143,9 @@ class _Primed:
 class NDJSONResponse(StreamingResponse):
     """A streaming response that always closes its body generator.
 
-    Starlette stops iterating the body when the client leaves but does not close it, which
-    would leave the stream (and its worker) to the garbage collector.
+    Starlette's ``StreamingResponse`` never closes its body iterator. When the client leaves,
+    the cancellation usually lands inside the generator, which ends it; a body left suspended
+    at a ``yield`` would wait for the garbage collector, and its worker with it.
     """
 
     media_type = "application/x-ndjson"
