@@ -69,7 +69,7 @@ def process_group(pgid: int) -> list[int]:
 class Server:
     """One example app served by its own script (``python examples/web/xxx.py --port N``)."""
 
-    def __init__(self, kind: str, tmp: Path, **settings: object) -> None:
+    def __init__(self, kind: str, tmp: Path, **settings: float) -> None:
         missing = [m for m in APPS[kind] if importlib.util.find_spec(m) is None]
         if missing:
             pytest.skip(f"{kind} example needs {', '.join(missing)} (pip install -e '.[test]')")

@@ -141,7 +141,9 @@ class _Primed:
         await self._rest.aclose()
 
 
-def query_number(name: str, default: float, low: float, high: float, kind: type = float) -> Any:
+def query_number(
+    name: str, default: float | None, low: float, high: float, kind: type = float
+) -> Any:
     """A query argument within [low, high], or a 400."""
     raw = request.args.get(name)
     if raw is None:
@@ -262,7 +264,7 @@ async def serve(app: QuartTrio, host: str, port: int, graceful_timeout: float, l
                 logger.info("%s: shutting down", signal.Signals(signum).name)
                 return
 
-        await hypercorn_serve(app, config, shutdown_trigger=until_signalled)  # type: ignore[arg-type]
+        await hypercorn_serve(app, config, shutdown_trigger=until_signalled)
 
 
 def main() -> None:
