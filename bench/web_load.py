@@ -187,7 +187,7 @@ def run_load(args: argparse.Namespace) -> None:
 
 def read_stream(url: str, opened: threading.Event) -> None:
     try:
-        with httpx.stream("GET", url + "/stream?count=100000&interval=0.05", timeout=60) as r:
+        with httpx.stream("GET", url + "/stream?count=10000&interval=0.05", timeout=60) as r:
             for _ in r.iter_lines():
                 opened.set()
     except httpx.HTTPError:
