@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -74,10 +75,14 @@ async def _time_unary(call: Callable[[], Awaitable[object]], calls: int) -> list
 
 def native_grpclib(options: Options) -> Sample:
     """grpclib on asyncio with the generated stub, against a worker started by hand."""
+    # The worker answers only calls that carry its token (and refuses TCP without one).
+    token = secrets.token_urlsafe(32)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT / "bridges" / "python"), env.get("PYTHONPATH", "")]
     )
+    env["SNAKEPIT_GRPC_TOKEN"] = token
+    metadata = [("authorization", f"Bearer {token}")]
     argv = [sys.executable, "-m", "snakepit_bridge", "--transport", "grpc"]
     proc = subprocess.Popen(
         [*argv, "--listen", options.listen, "--handler", HANDLER],
@@ -102,14 +107,14 @@ def native_grpclib(options: Options) -> Sample:
         echo = ExecuteRequest(command="echo", args=pack(ECHO_ARGS))
 
         async def unary() -> object:
-            reply = await stub.execute(echo)
+            reply = await stub.execute(echo, metadata=metadata)
             return unpack(reply.result)
 
         sample = Sample(await _time_unary(unary, options.calls))
         request = ExecuteRequest(command="count_stream", args=pack({"count": options.chunks}))
         count = 0
         start = time.perf_counter()
-        async for message in stub.execute_stream(request):
+        async for message in stub.execute_stream(request, metadata=metadata):
             for data in message.chunks:
                 unpack(data)
                 count += 1

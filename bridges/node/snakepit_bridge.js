@@ -458,7 +458,8 @@ function explainWireError(err, message) {
   const cycle = err[TOO_DEEP] ? findCycle(message) : null;
   if (cycle) {
     // JSON.stringify's own type for it.
-    return new TypeError(`a circular reference (a value that contains itself) cannot be encoded at ${formatPath(cycle)}`);
+    const what = 'a circular reference (a value that contains itself) cannot be encoded';
+    return new TypeError(`${what} at ${formatPath(cycle)}`);
   }
   if (where.length > 0) err.message = `${err.message} at ${formatPath(where)}`;
   return err;
@@ -682,7 +683,12 @@ function fitErrorFrame(codec, response, limit) {
   }
   const frame = tryFrame(codec, base, limit) || frameWithCut(codec, base, 'error', limit);
   if (frame) return frame;
-  const least = { id: base.id, success: false, error: 'response too large', error_type: errorType.slice(0, 40) };
+  const least = {
+    id: base.id,
+    success: false,
+    error: 'response too large',
+    error_type: errorType.slice(0, 40),
+  };
   return tryFrame(codec, least, limit) || codec.frame(least, MAX_FRAME_LIMIT);
 }
 
@@ -692,7 +698,12 @@ function fitNegotiationFrame(codec, reply, limit) {
   const tries = [
     reply,
     { ...reply, info: { ...infoWithout, commands_count: Array.isArray(commands) ? commands.length : 0 } },
-    { type: reply.type, protocol: reply.protocol, features: reply.features, max_concurrency: reply.max_concurrency },
+    {
+      type: reply.type,
+      protocol: reply.protocol,
+      features: reply.features,
+      max_concurrency: reply.max_concurrency,
+    },
   ];
   for (const candidate of tries) {
     const frame = tryFrame(codec, candidate, limit);
@@ -975,7 +986,9 @@ function builtinCommands(bridge) {
       const chunkSize = Math.max(1, countArg(args, 'chunk_size', 100));
       const chunks = Math.ceil(totalRows / chunkSize);
       if (chunks > MAX_DEMO_ITEMS) {
-        throw new RangeError(`total_rows / chunk_size gives ${chunks} chunks, over the limit of ${MAX_DEMO_ITEMS}`);
+        throw new RangeError(
+          `total_rows / chunk_size gives ${chunks} chunks, over the limit of ${MAX_DEMO_ITEMS}`,
+        );
       }
       const delay = secondsArg(args, 'delay', 0, MAX_DEMO_DELAY);
       let processed = 0;
@@ -1000,7 +1013,9 @@ function builtinCommands(bridge) {
     // once did, from a caller's `path`: /etc/shadow, /proc/self/environ).
     async *tail_and_analyze(args, ctx) {
       if (args.path !== undefined && args.path !== null) {
-        throw new TypeError("tail_and_analyze reads no file: pass 'lines' (a list of strings), or nothing for generated lines");
+        throw new TypeError(
+          "tail_and_analyze reads no file: pass 'lines' (a list of strings), or nothing for generated lines",
+        );
       }
       let lines = args.lines;
       if (lines !== undefined && lines !== null) {
@@ -1241,7 +1256,8 @@ const MAX_SUGGESTED_NAME = 64;
 function unknownCommandMessage(command, names) {
   const shown = command.length > 100 ? `${command.slice(0, 100)}...` : command;
   const close = closeMatches(command, names);
-  return close.length ? `Unknown command: ${shown} (did you mean: ${close.join(', ')}?)` : `Unknown command: ${shown}`;
+  if (close.length === 0) return `Unknown command: ${shown}`;
+  return `Unknown command: ${shown} (did you mean: ${close.join(', ')}?)`;
 }
 
 /** Up to `limit` names at least `cutoff` similar to `word` (1 - edit distance / length), best first. */
@@ -1250,7 +1266,8 @@ function closeMatches(word, names, limit = 3, cutoff = 0.6) {
   const scored = [];
   for (const name of names) {
     if (name.length > MAX_SUGGESTED_NAME) continue;
-    const score = 1 - editDistance(word.toLowerCase(), name.toLowerCase()) / Math.max(word.length, name.length);
+    const distance = editDistance(word.toLowerCase(), name.toLowerCase());
+    const score = 1 - distance / Math.max(word.length, name.length);
     if (score >= cutoff) scored.push([score, name]);
   }
   scored.sort((a, b) => b[0] - a[0] || (a[1] < b[1] ? -1 : 1));
@@ -1450,7 +1467,8 @@ class Bridge {
       return;
     }
     if (message.type === 'cancel') {
-      const index = this.held.findIndex((m) => (m.type === undefined || m.type === null) && m.id === message.id);
+      const isRequest = (m) => m.type === undefined || m.type === null;
+      const index = this.held.findIndex((m) => isRequest(m) && m.id === message.id);
       if (index >= 0 && Number.isInteger(message.id)) {
         this.held.splice(index, 1);
         this.send({ id: message.id, success: false, error: 'cancelled', error_type: 'Cancelled' });

@@ -539,7 +539,7 @@ def test_malformed_payload_gets_a_null_id_error_and_the_bridge_goes_on(start: An
 
 def test_oversize_frame_exits_2(start: Any) -> None:
     bridge = start()
-    bridge.write((2**31).to_bytes(4, "big"))
+    bridge.write((2**31).to_bytes(4, "big"))  # a header alone, built by hand: announces 2 GiB
     assert bridge.wait() == 2
     assert "framing" in bridge.stderr
 

@@ -31,9 +31,9 @@ BREAKER = attrs.evolve(
 START_FAULTS = [
     # fault, when, what the StartupError must say
     ("exit", "start", "fault 'exit' now"),
-    ("mute", "start", "did not become ready within 1.0 s"),
+    ("mute", "start", "did not finish within worker_init_timeout=1.0 s"),
     ("half_frame_exit", "negotiation", "exited during protocol negotiation"),
-    ("garbage", "negotiation", "negotiation reply announces 1937011297 bytes"),
+    ("garbage", "negotiation", "not a protocol frame: b'stray print from a handler"),
     ("bad_payload", "negotiation", "unreadable negotiation reply"),
 ]
 

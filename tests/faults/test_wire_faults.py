@@ -45,7 +45,7 @@ WIRE_FAULTS = [
     ("half_frame_exit", "json", sp.ProtocolError, "stream ended inside a frame"),
     ("unknown_id", "json", sp.ProtocolError, "request id 987654321, which is not in flight"),
     ("deep_json", "json", sp.ProtocolError, "nested too deeply"),
-    ("deep_msgpack", "msgpack", sp.ProtocolError, "invalid MessagePack payload"),
+    ("deep_msgpack", "msgpack", sp.ProtocolError, "nested deeper than"),
     ("huge_msgpack", "msgpack", sp.ProtocolError, "invalid MessagePack payload"),
     ("exit", "json", sp.WorkerCrashed, "exit code 3"),
     ("silent", "json", sp.WorkerTimeout, "did not finish within 0.5 s"),

@@ -43,6 +43,7 @@ from snakepit_bridge._grpc_generated.snakepit.v1 import (
     StreamReply,
 )
 from snakepit_bridge.grpc_wire import EXECUTE, EXECUTE_STREAM, HEALTH, INFO, SizeLimitedCodec, pack
+from snakepit_bridge.protocol.messages import Request
 
 import snakepit_trio as sp
 
@@ -271,7 +272,7 @@ def test_a_lost_connection_is_not_reopened_to_whoever_holds_the_address_now() ->
     from snakepit_trio._grpc_client import Client, RequestCodec
 
     token = "k" * 43
-    request = RequestCodec().encode({"id": 1, "command": "ping", "args": {}})
+    request = RequestCodec().encode(Request(1, "ping").to_wire())
 
     async def main(proc: subprocess.Popen[bytes], address: str) -> None:
         client = Client(address, 1 << 20, token)

@@ -37,6 +37,7 @@ try:
 except ImportError:  # pragma: no cover - v0.3 ran without it too
     msgpack = None
 
+# Frames are built by hand on purpose: a v0.3 stand-in must not share the code it tests.
 HEADER = struct.Struct(">I")
 UNPARSEABLE_COMMAND = "unparseable"
 

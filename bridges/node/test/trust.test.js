@@ -219,7 +219,8 @@ test('negotiation is answered before the module loads; requests wait for it, in 
 
 test('with an explicit protocol the module loads at once; a first request waits for it', async () => {
   const loading = gate();
-  const h = new Harness({ protocol: 'json', loader: () => loading.promise.then(() => collectCommands({ hi: () => 1 })) });
+  const loader = () => loading.promise.then(() => collectCommands({ hi: () => 1 }));
+  const h = new Harness({ protocol: 'json', loader });
   h.send({ id: 1, command: 'hi' });
   await h.settle(20);
   assert.deepEqual(h.take(), []);
@@ -260,7 +261,11 @@ test('end of input while the module loads: held requests are served, then exit 0
 
 function loadFailure() {
   const err = new Error('BROKEN-MODULE');
-  err.stack = 'Error: BROKEN-MODULE\n    at Object.<anonymous> (/srv/app/broken.js:3:9)\n    at Module._compile (node:internal/modules/cjs/loader:1256:14)';
+  err.stack = [
+    'Error: BROKEN-MODULE',
+    '    at Object.<anonymous> (/srv/app/broken.js:3:9)',
+    '    at Module._compile (node:internal/modules/cjs/loader:1256:14)',
+  ].join('\n');
   return err;
 }
 

@@ -114,7 +114,7 @@ from .protocol.constants import (
     FEATURE_MULTIPLEX,
     FEATURE_STREAM,
 )
-from .server import _claim_stdio
+from .server import _claim_stdio, _Unsendable
 
 if TYPE_CHECKING:
     from .handler import BaseCommandHandler
@@ -523,14 +523,6 @@ class BridgeService(SnakepitBridgeBase):  # type: ignore[misc]
             _close(generator)
             raise
         return items
-
-
-class _Unsendable(Exception):
-    """A result or chunk that cannot be sent: a short error of its request (no traceback)."""
-
-    def __init__(self, message: str, error_type: str) -> None:
-        super().__init__(message)
-        self.error_type = error_type
 
 
 class HealthService(HealthBase):  # type: ignore[misc]

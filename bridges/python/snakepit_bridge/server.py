@@ -112,7 +112,7 @@ class _Terminated(SystemExit):
 
 
 class _Unsendable(Exception):
-    """A stream chunk cannot be sent; ends the stream with a short error (no traceback)."""
+    """A result or stream chunk cannot be sent: a short error of its request (no traceback)."""
 
     def __init__(self, message: str, error_type: str) -> None:
         super().__init__(message)
