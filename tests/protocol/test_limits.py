@@ -21,6 +21,7 @@ from snakepit_bridge.protocol.codecs import (
     MAX_DEPTH,
     JsonCodec,
     MsgpackCodec,
+    _few_items,
 )
 
 from .strategies import assert_same, json_values, msgpack_values
@@ -57,6 +58,7 @@ def checked(name: str, max_containers: int = DEFAULT_MAX_CONTAINERS, step: int =
     else:
         assert isinstance(codec, MsgpackCodec)
         codec._slice = step
+        codec._few = 0  # not even a value of one item takes unpackb
     return codec
 
 
@@ -301,3 +303,56 @@ def test_checked_msgpack_refuses_what_unpackb_refuses() -> None:
             codec.decode(payload)
         with pytest.raises((ValueError, msgpack.ExtraData)):
             msgpack.unpackb(payload, raw=False)
+
+
+# --------------------------------------------------------------------------- few items
+
+
+def items(value: Any) -> int:
+    """How many MessagePack items ``value`` packs to (containers, keys and values)."""
+    if isinstance(value, list):
+        return 1 + sum(items(v) for v in value)
+    if isinstance(value, dict):
+        return 1 + sum(items(k) + items(v) for k, v in value.items())
+    return 1
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=msgpack_values, most=st.integers(0, 30))
+def test_few_items_counts_the_items_of_a_msgpack_value(value: Any, most: int) -> None:
+    assert _few_items(MSGPACK.encode(value), most) == (items(value) <= most)
+
+
+@settings(max_examples=500, deadline=None)
+@given(payload=st.binary(max_size=64) | msgpack_values.map(MSGPACK.encode), data=st.data())
+def test_unpackb_builds_few_containers_when_few_items_says_so(
+    payload: bytes, data: st.DataObject
+) -> None:
+    # _few_items only reads type bytes and lengths; whatever the bytes, when it says yes,
+    # unpackb cannot build more containers than that (it fails first, or finishes).
+    payload = corrupt(data, payload)
+    most = data.draw(st.integers(0, 12), label="most")
+    built = 0
+
+    def count(value: Any) -> Any:
+        nonlocal built
+        built += 1
+        return value
+
+    if _few_items(payload, most):
+        try:
+            msgpack.unpackb(
+                payload, raw=False, strict_map_key=False, list_hook=count, object_hook=count
+            )
+        except Exception:
+            pass
+        assert built <= most
+
+
+def test_a_big_bin_takes_unpackb_and_many_small_items_the_checked_path() -> None:
+    assert MsgpackCodec()._few == 64
+    one_bin = MSGPACK.encode({"id": 1, "success": True, "result": b"x" * MIB, "timestamp": "t"})
+    assert _few_items(one_bin, 64)
+    assert MSGPACK.decode(one_bin)["result"] == b"x" * MIB
+    many = MSGPACK.encode({"id": 1, "success": True, "result": [b"x"] * 100_000})
+    assert not _few_items(many, 64)

@@ -10,8 +10,8 @@ works on plain dicts (see ``snakepit_bridge.server``) so that it starts without 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, Final, TypeAlias
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Final, TypeAlias, final, overload
 
 import attrs
 
@@ -35,6 +35,7 @@ __all__ = [
     "ClientConnection",
     "Credit",
     "Heartbeat",
+    "PendingFrame",
     "PoolMessage",
     "ProtocolNegotiation",
     "ProtocolSelected",
@@ -382,6 +383,50 @@ class _InFlight:
 
 
 _GONE: Final = _InFlight(False)  # a sentinel: "not in flight" (None means a plain request)
+_NOT_DECODED: Final = object()
+_NEVER: Final = 1 << 63  # defer_over when nothing is deferred: no payload is this long
+
+
+@final
+class PendingFrame:
+    """A frame from the bridge whose payload is too big to decode on the event loop.
+
+    ``ClientConnection.receive_data(data, defer_over=n)`` returns one, as the last item of its
+    list, for the first payload over ``n`` bytes; the frames behind it wait in the connection.
+    :meth:`decode` does the work and touches nothing but this object, so it may run in a
+    thread while the event loop goes on; :meth:`ClientConnection.resume` (on the event loop)
+    then turns the result into an event, and decodes the frames that waited behind it.
+    """
+
+    __slots__ = ("_decode", "_error", "_message", "_payload", "size")
+
+    def __init__(self, payload: bytes, decode: Callable[[bytes], Any]) -> None:
+        self.size: Final = len(payload)  # payload bytes, for the host's accounting
+        self._payload = payload
+        self._decode = decode
+        self._message: Any = _NOT_DECODED
+        self._error: ProtocolError | None = None
+
+    def __repr__(self) -> str:
+        return f"<PendingFrame of {self.size} bytes>"
+
+    def decode(self) -> None:
+        """Decode the payload (pure CPU; call it once, from any one thread). A payload that
+        does not decode is not an error here: :meth:`ClientConnection.resume` raises it."""
+        if self._message is not _NOT_DECODED or self._error is not None:
+            return
+        try:
+            self._message = self._decode(self._payload)
+        except ProtocolError as exc:
+            self._error = exc
+        self._payload = b""  # the decoded value is all that is needed now
+
+    def _decoded(self) -> Any:
+        """The decoded message (decoding it now if :meth:`decode` was not called)."""
+        self.decode()
+        if self._error is not None:
+            raise self._error
+        return self._message
 
 
 class ClientConnection:
@@ -402,6 +447,12 @@ class ClientConnection:
         # id), or the _InFlight of a stream or of a request being cancelled.
         self._in_flight: dict[int, _InFlight | None] = {}
         self._broken: ProtocolError | None = None
+        # A deferred frame (see PendingFrame), the payloads that arrived behind it, the
+        # framing error that came after them, and the defer_over in force.
+        self._pending: PendingFrame | None = None
+        self._queue: list[bytes] = []
+        self._queued_error: ProtocolError | None = None
+        self._defer_over = _NEVER
 
     # -- state
     @property
@@ -455,27 +506,111 @@ class ClientConnection:
         return self.encode(Shutdown())
 
     # -- incoming
-    def receive_data(self, data: bytes | bytearray | memoryview) -> list[BridgeEvent]:
+    @overload
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[BridgeEvent]: ...
+
+    @overload
+    def receive_data(
+        self, data: bytes | bytearray | memoryview, defer_over: int | None
+    ) -> list[BridgeEvent | PendingFrame]: ...
+
+    def receive_data(
+        self, data: bytes | bytearray | memoryview, defer_over: int | None = None
+    ) -> list[Any]:
         """Feed bytes read from the bridge; return the events they completed.
 
         On a violation it raises :class:`ProtocolError` whose ``events`` are the valid events
         this call completed before it: those requests were answered and are no longer in
         flight. The connection is broken from then on (every later call raises the original
         error, without events).
+
+        ``defer_over``: the first payload longer than this many bytes is not decoded here but
+        returned as a :class:`PendingFrame`, always the last item of the list; everything the
+        same bytes completed after it waits in the connection (and so does any error they
+        hold). Call :meth:`resume` with it before feeding more data.
         """
         if self._broken is not None:
             raise self._broken
-        events: list[BridgeEvent] = []
+        if self._pending is not None:
+            raise RuntimeError("resume() the PendingFrame before feeding more data")
         framing_error: ProtocolError | None = None
         try:
             payloads: Iterable[Any] = self._decoder.feed(data)
         except ProtocolError as exc:
             payloads, framing_error = exc.events, exc
+        if defer_over is None:
+            defer_over = _NEVER
+        # The loop of _receive, inlined: this is the hot path (-150 ns a read).
+        events: list[Any] = []
         decode = self._decode
         in_flight = self._in_flight
         append = events.append
+        rest: Iterator[bytes] = iter(payloads)
         try:
-            for payload in payloads:
+            for payload in rest:
+                if len(payload) > defer_over:
+                    return self._defer(payload, rest, framing_error, defer_over, events)
+                msg = decode(payload)
+                if type(msg) is dict and msg.get("success") is True:
+                    request_id = msg.get("id")
+                    timestamp = msg.get("timestamp")
+                    if (
+                        type(request_id) is int
+                        and (timestamp is None or type(timestamp) is str)
+                        and in_flight.pop(request_id, _GONE) is not _GONE
+                    ):
+                        result = msg.get("result")
+                        append(Response(request_id, True, result, None, None, None, timestamp))
+                        continue
+                append(self._track(parse_bridge_message(msg)))
+            if framing_error is not None:
+                raise framing_error
+            return events
+        except ProtocolError as exc:
+            self._broken = exc
+            delivered = ProtocolError(*exc.args)
+            delivered.events = tuple(events)
+            raise delivered from None
+
+    def resume(self, pending: PendingFrame) -> list[BridgeEvent | PendingFrame]:
+        """Turn ``pending`` into its event, then decode the frames that waited behind it.
+
+        Returns like :meth:`receive_data` (the list may end with the next PendingFrame) and
+        raises like it: a :class:`ProtocolError` whose ``events`` are what this call
+        completed before the violation. ``pending`` is decoded here if :meth:`PendingFrame.decode`
+        was not called. Call it on the thread that feeds data (the event loop), like every
+        method of the connection but ``PendingFrame.decode``.
+        """
+        if pending is not self._pending:
+            raise ValueError("this is not the PendingFrame the connection is waiting for")
+        self._pending = None
+        queue, self._queue = self._queue, []
+        framing_error, self._queued_error = self._queued_error, None
+        events: list[Any] = []
+        try:
+            events.append(self._track(parse_bridge_message(pending._decoded())))
+        except ProtocolError as exc:
+            self._broken = exc
+            delivered = ProtocolError(*exc.args)
+            raise delivered from None
+        return self._receive(queue, framing_error, self._defer_over, events)
+
+    def _receive(
+        self,
+        payloads: Iterable[bytes],
+        framing_error: ProtocolError | None,
+        defer_over: int,
+        events: list[Any],
+    ) -> list[Any]:
+        """Decode and track ``payloads`` onto ``events``; then raise ``framing_error``."""
+        decode = self._decode
+        in_flight = self._in_flight
+        append = events.append
+        rest: Iterator[bytes] = iter(payloads)
+        try:
+            for payload in rest:
+                if len(payload) > defer_over:
+                    return self._defer(payload, rest, framing_error, defer_over, events)
                 msg = decode(payload)
                 # Fast path, the common case: a plain successful response to a request in
                 # flight. Anything else (or anything odd) takes the general path below, which
@@ -501,12 +636,33 @@ class ClientConnection:
             delivered.events = tuple(events)
             raise delivered from None
 
+    def _defer(
+        self,
+        payload: bytes,
+        rest: Iterator[bytes],
+        framing_error: ProtocolError | None,
+        defer_over: int,
+        events: list[Any],
+    ) -> list[Any]:
+        """End ``events`` with a PendingFrame for ``payload``; keep what comes after it."""
+        pending = PendingFrame(payload, self._decode)
+        self._pending = pending
+        self._queue = list(rest)
+        self._queued_error = framing_error
+        self._defer_over = defer_over
+        events.append(pending)
+        return events
+
     def receive_eof(self) -> list[int]:
         """The bridge closed its output. Returns the ids that will never be answered.
 
         Raises :class:`ProtocolError` when the stream ended inside a frame; those ids are
-        then left in :attr:`in_flight`.
+        then left in :attr:`in_flight`. A :class:`PendingFrame` not yet resumed, and the
+        frames behind it, are dropped: their requests count as never answered.
         """
+        self._pending = None
+        self._queue = []
+        self._queued_error = None
         try:
             self._decoder.check_eof()
         except ProtocolError as exc:
