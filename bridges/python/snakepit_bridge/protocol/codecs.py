@@ -61,9 +61,9 @@ DEFAULT_MAX_CONTAINERS: Final = 1 << 20
 MAX_DEPTH: Final = 1024
 #: Payloads longer than this (or than ``max_containers``) take the checked path.
 CHECKED_OVER: Final = 256 * 1024
-#: About how many payload bytes the checked path hands to a C decoder at once. The slowest
-#: input (empty containers) costs the C decoders ~250 ns a byte, so one slice holds the GIL
-#: for ~15 ms at worst.
+#: About how many payload bytes the checked path hands to a C decoder at once. A slice of
+#: the slowest scalars holds the GIL for a few ms (64 KiB of one-byte integers: ~4 ms);
+#: containers go through a Python hook anyway.
 SLICE: Final = 64 * 1024
 
 
