@@ -5,9 +5,12 @@ their order and the errors are the ones inline decoding gives (issue 14, defect 
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -359,3 +362,53 @@ async def test_a_big_frame_decoded_in_a_thread_does_not_stall_the_event_loop(
     # The checked path decodes in slices: the loop ticks every few milliseconds, but for the
     # cyclic garbage collector's passes over the heap (they hold the GIL as well).
     assert ticks >= 10
+
+
+BRIDGE_DIR = Path(__file__).resolve().parents[2] / "bridges" / "python"
+
+
+@pytest.mark.anyio
+async def test_a_real_bridge_refuses_a_hostile_request_and_answers_big_off_the_loop() -> None:
+    """The Python bridge decodes requests with the same codecs, so it gets the same limits;
+    its big legal answer reaches the host through PendingFrame."""
+    path = os.pathsep.join(p for p in (str(BRIDGE_DIR), os.environ.get("PYTHONPATH")) if p)
+    command = [
+        sys.executable,
+        "-m",
+        "snakepit_bridge",
+        "--handler",
+        "snakepit_bridge.testing:TestingHandler",
+    ]
+    conn = ClientConnection(MSGPACK)
+    rows = [[i, -7, "v"] for i in range(300_000)]
+    hostile = {"id": 1, "command": "echo", "args": {"x": [[]] * (1 << 20)}, "timestamp": TS}
+    legal = {"id": 2, "command": "echo", "args": {"rows": rows}, "timestamp": TS}
+    events: list[Any] = []
+    deferred = 0
+    async with await anyio.open_process(
+        [*command, "--protocol", "msgpack"],
+        env=dict(os.environ, PYTHONPATH=path),
+        stderr=subprocess.DEVNULL,
+    ) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        for request in (hostile, legal):
+            conn.start_request(request["id"], stream=False)
+            await proc.stdin.send(encode_frame(MSGPACK.encode(request)))
+            while conn.is_in_flight(request["id"]):
+                batch = conn.receive_data(await proc.stdout.receive(65536), defer_over=256 * 1024)
+                while batch and isinstance(batch[-1], PendingFrame):
+                    *ready, pending = batch
+                    events.extend(ready)
+                    deferred += 1
+                    await anyio.to_thread.run_sync(pending.decode)
+                    batch = conn.resume(pending)
+                events.extend(batch)
+        await proc.stdin.aclose()
+    refused, echoed = events
+    # The root map, "args", "x" and 2**20 arrays: over the bridge's limit, refused unbuilt.
+    assert refused.id == 1 and not refused.success
+    assert refused.error_type == "ProtocolError"
+    assert "more than 1048576 maps and arrays" in refused.error
+    assert echoed.id == 2 and echoed.success
+    assert echoed.result["echoed"] == {"rows": rows}
+    assert deferred == 1

@@ -61,9 +61,9 @@ DEFAULT_MAX_CONTAINERS: Final = 1 << 20
 MAX_DEPTH: Final = 1024
 #: Payloads longer than this (or than ``max_containers``) take the checked path.
 CHECKED_OVER: Final = 256 * 1024
-#: About how many payload bytes the checked path hands to a C decoder at once. The slowest
-#: input (empty containers) costs the C decoders ~250 ns a byte, so one slice holds the GIL
-#: for ~15 ms at worst.
+#: About how many payload bytes the checked path hands to a C decoder at once. A slice of
+#: the slowest scalars holds the GIL for a few ms (64 KiB of one-byte integers: ~4 ms);
+#: containers go through a Python hook anyway.
 SLICE: Final = 64 * 1024
 
 
@@ -381,24 +381,27 @@ class _JsonParser:
 
     def walk(self, part: list[Any] | dict[str, Any], depth: int) -> None:
         """Count the arrays in what a run decoded and check how deep they nest (its maps went
-        through the hook); ``part`` is the run's wrapper, which stands at ``depth``."""
+        through the hook); ``part`` is the run's wrapper, which stands at ``depth``. Types are
+        counted at C speed; only non-empty containers are visited one by one."""
         todo: list[tuple[Any, int]] = [(part, depth)]
         while todo:
             value, level = todo.pop()
-            members = value if type(value) is list else value.values()
-            if not _CONTAINER_TYPES.intersection(map(type, members)):
-                continue  # scalars only, found at C speed (a row of floats, say)
-            for member in members:
-                kind = type(member)
-                if kind is list or kind is dict:
-                    if level >= MAX_DEPTH:
-                        raise _too_deep("JSON")
-                    if kind is list:
-                        self.charge(1)
-                    todo.append((member, level + 1))
+            members = value if type(value) is list else list(value.values())
+            kinds = list(map(type, members))
+            arrays, maps = kinds.count(list), kinds.count(dict)
+            if not arrays and not maps:
+                continue  # scalars only (a row of floats, say)
+            if level >= MAX_DEPTH:
+                raise _too_deep("JSON")
+            if arrays:
+                self.charge(arrays)
+            todo.extend(
+                (member, level + 1)
+                for member in filter(None, members)  # an empty container holds nothing more
+                if type(member) is list or type(member) is dict
+            )
 
 
-_CONTAINER_TYPES: Final = frozenset({list, dict})
 _JSON_WORDS: Final = (
     ("null", None),
     ("true", True),
