@@ -624,10 +624,10 @@ def test_sweep_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
 def test_sweep_table_and_kill_flag(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[bool] = []
+    calls: list[tuple[bool, bool]] = []
 
-    def fake_sweep(*, dry_run: bool = True) -> list[Any]:
-        calls.append(dry_run)
+    def fake_sweep(*, dry_run: bool = True, all_users: bool = False) -> list[Any]:
+        calls.append((dry_run, all_users))
         return [
             SimpleNamespace(pid=4242, run_id="1-2-ab", cmdline="python -m x", killed=not dry_run)
         ]
@@ -639,7 +639,9 @@ def test_sweep_table_and_kill_flag(
     code, out, _ = run_cli(capsys, "sweep", "--kill")
     assert code == 0
     assert "killed 1 of 1" in out
-    assert calls == [True, False]
+    code, out, _ = run_cli(capsys, "sweep", "--all-users")
+    assert code == 0
+    assert calls == [(True, False), (False, False), (True, True)]
 
 
 # ------------------------------------------------------------------ as a process

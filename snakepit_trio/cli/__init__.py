@@ -155,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         "workers' lifeline fired), verified by their run id and start time; --kill kills them.",
     )
     sweep.add_argument("--kill", action="store_true", help="kill them (default: a dry run)")
+    sweep.add_argument(
+        "--all-users",
+        action="store_true",
+        help="other users' processes too (default: only your own; needs root to kill them)",
+    )
     sweep.add_argument("--json", action="store_true", help="machine output")
     sweep.set_defaults(handler=cmd_sweep)
     return parser

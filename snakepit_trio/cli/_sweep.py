@@ -12,7 +12,7 @@ __all__ = ["cmd_sweep"]
 
 
 def cmd_sweep(ns: argparse.Namespace) -> int:
-    orphans = sp.sweep_orphans(dry_run=not ns.kill)
+    orphans = sp.sweep_orphans(dry_run=not ns.kill, all_users=ns.all_users)
     if ns.json:
         print(
             dumps(
