@@ -605,6 +605,40 @@ def test_doctor(capsys: pytest.CaptureFixture[str]) -> None:
     assert "everything essential works" in out
 
 
+@needs_node
+def test_doctor_finds_msgpack_as_the_node_bridge_does_and_advises_the_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The advice never points into the installation (site-packages is pip's); once the
+    package is in the project, the bridge's own lookup finds it there."""
+    from snakepit_trio.cli import _doctor
+
+    installed = tmp_path / "site-packages" / "snakepit_bridge" / "node" / "snakepit_bridge.js"
+    installed.parent.mkdir(parents=True)
+    shutil.copyfile(sp.node_bridge_path(), installed)
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.setattr(sp, "node_bridge_path", lambda: installed)
+    monkeypatch.delenv("NODE_PATH", raising=False)
+    monkeypatch.chdir(project)
+
+    def msgpack_check() -> _doctor.Check:
+        (check,) = [c for c in _doctor._check_node() if c.name == "@msgpack/msgpack"]
+        return check
+
+    missing = msgpack_check()
+    assert not missing.ok and missing.detail.startswith("missing")
+    assert "`npm install @msgpack/msgpack` in your project directory" in missing.fix
+    assert "site-packages" not in missing.fix and "NODE_PATH" in missing.fix
+    # What `npm install` in the project leaves (a stand-in: the lookup checks for these two).
+    package = project / "node_modules" / "@msgpack" / "msgpack"
+    package.mkdir(parents=True)
+    (package / "package.json").write_text('{"name": "@msgpack/msgpack", "main": "index.js"}')
+    (package / "index.js").write_text("exports.Encoder = class {};\nexports.Decoder = class {};\n")
+    found = msgpack_check()
+    assert found.ok and found.detail.startswith(f"found in {package}:"), found.detail
+
+
 def test_doctor_fails_when_a_python_worker_cannot_start(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

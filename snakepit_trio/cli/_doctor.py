@@ -62,6 +62,46 @@ def _check_socket_dir() -> Check:
     )
 
 
+# Where the Node bridge looks for the package (loadMsgpack in snakepit_bridge.js): the
+# node_modules folders beside the bridge script and above it, NODE_PATH, then those of the
+# --module file's folder and of the worker's working directory. Beside an installed bridge
+# is inside site-packages, which pip owns: the user's project is the place to install it.
+# `npm install -g` puts packages where require() does not look, hence NODE_PATH.
+_MSGPACK_FIX = (
+    "run `npm install @msgpack/msgpack` in your project directory (the folder of your "
+    "NodeAdapter script, or the workers' working directory, or a folder above either); or "
+    'install it globally and give the workers NODE_PATH="$(npm root -g)"'
+)
+# Asks the bridge itself (its own lookup, from this working directory), then says where the
+# package was found; prints nothing when it was not.
+_MSGPACK_PROBE = """
+const path = require('node:path'), { createRequire } = require('node:module');
+const bridge = process.argv[1], name = '@msgpack/msgpack';
+if (require(bridge).loadMsgpack([process.cwd()])) {
+  let where = 'found';
+  for (const from of [bridge, path.join(process.cwd(), 'noop.js')]) {
+    try {
+      const entry = createRequire(from).resolve(name), folder = path.join('node_modules', name);
+      where = 'found in ' + entry.slice(0, entry.lastIndexOf(folder) + folder.length);
+      break;
+    } catch {}
+  }
+  process.stdout.write(where);
+}
+"""
+
+
+def _find_msgpack(node: str, bridge: Path) -> str | None:
+    """Where the Node bridge finds @msgpack/msgpack when started from here, or None."""
+    try:
+        found = subprocess.run(
+            [node, "-e", _MSGPACK_PROBE, str(bridge)], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return found or None
+
+
 def _check_node() -> list[Check]:
     node = shutil.which("node")
     if node is None:
@@ -88,21 +128,15 @@ def _check_node() -> list[Check]:
         bridge = sp.node_bridge_path()
     except FileNotFoundError as exc:
         return [*checks, Check("node bridge", False, str(exc), "reinstall snakepit-trio", False)]
-    probe = "const b=require(process.argv[1]);process.stdout.write(b.loadMsgpack([process.cwd()])?'yes':'no')"
-    try:
-        found = subprocess.run(
-            [node, "-e", probe, str(bridge)], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        found = "no"
+    found = _find_msgpack(node, bridge)
     checks.append(
         Check(
             "@msgpack/msgpack",
-            found == "yes",
-            "found: the Node bridge speaks MessagePack"
-            if found == "yes"
+            found is not None,
+            f"{found}: the Node bridge speaks MessagePack"
+            if found
             else "missing: the Node bridge falls back to JSON (bytes as base64)",
-            f"npm install @msgpack/msgpack (in {bridge.parent} or your working directory)",
+            _MSGPACK_FIX,
             False,
         )
     )
