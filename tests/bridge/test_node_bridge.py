@@ -6,6 +6,10 @@ it is used from ``bridges/node/node_modules`` when installed there (``npm instal
 bridges/node), else installed once into a temporary folder (``SNAKEPIT_TEST_NO_NPM=1`` stops
 that); the msgpack tests skip when neither works. The "bare" bridge is a copy of the script in
 an empty folder, where the package cannot be found: the bridge must work without it.
+
+The folder is an npm package too: what ``npm pack`` puts in it, that the packed bridge runs,
+and that the node suites read nothing outside it (they run from a copy of the folder alone,
+with their own copy of the golden vectors, checked here against tests/vectors).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -41,9 +46,11 @@ from snakepit_bridge.protocol.messages import (  # noqa: E402
 )
 
 NODE = shutil.which("node")
+NPM = shutil.which("npm")
 BRIDGE = REPO / "bridges" / "node" / "snakepit_bridge.js"
 EXAMPLE = REPO / "bridges" / "node" / "examples" / "text_tools.js"
 MSGPACK_PACKAGE = "@msgpack/msgpack"
+NO_NODE_PATH = {"NODE_PATH": ""}  # require() then looks in no folder of the caller's
 TIMEOUT = 5.0
 
 pytestmark = [
@@ -352,6 +359,30 @@ def msgpack_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="session")
+def msgpack_folder(msgpack_env: dict[str, str]) -> Path:
+    """The folder of an installed @msgpack/msgpack (to link into a project's node_modules)."""
+    probe = f"process.stdout.write(require.resolve({json.dumps(MSGPACK_PACKAGE)}))"
+    entry = subprocess.run(
+        [str(NODE), "-e", probe],
+        cwd=BRIDGE.parent,
+        env={**os.environ, **msgpack_env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    folder = Path(entry[: entry.rindex(f"/node_modules/{MSGPACK_PACKAGE}/")]) / "node_modules"
+    return folder / MSGPACK_PACKAGE
+
+
+def project_with_msgpack(base: Path, msgpack_folder: Path) -> Path:
+    """A folder as `npm install @msgpack/msgpack` leaves it (the package linked, not fetched)."""
+    project = base / "project"
+    (project / "node_modules" / "@msgpack").mkdir(parents=True)
+    (project / "node_modules" / MSGPACK_PACKAGE).symlink_to(msgpack_folder)
+    return project
+
+
 @pytest.fixture
 def test_module(tmp_path: Path) -> Path:
     path = tmp_path / "test_module.js"
@@ -411,6 +442,31 @@ def test_negotiation_selects_msgpack_when_available(
     events = worker.events(3)
     assert [type(e) for e in events] == [StreamChunk, StreamChunk, Response]
     assert all(e.id == stream_id for e in events)
+
+
+def test_msgpack_installed_in_the_working_directory_is_found(
+    start: Any, bare_bridge: Path, msgpack_folder: Path, tmp_path: Path
+) -> None:
+    """What `doctor` advises: `npm install @msgpack/msgpack` in the project the workers run in
+    (here the bridge's own folder has no node_modules, as in site-packages)."""
+    project = project_with_msgpack(tmp_path, msgpack_folder)
+    worker = start(script=bare_bridge, cwd=project, env=NO_NODE_PATH)
+    reply = worker.negotiate()
+    assert reply["protocol"] == "msgpack" and reply["info"]["msgpack"] is True
+    assert worker.call("echo", {"blob": b"\x01"}).result["echoed"] == {"blob": b"\x01"}
+
+
+def test_msgpack_installed_beside_the_user_module_is_found(
+    start: Any, bare_bridge: Path, msgpack_folder: Path, tmp_path: Path
+) -> None:
+    project = project_with_msgpack(tmp_path, msgpack_folder)
+    module = project / "commands.js"
+    module.write_text("module.exports = { commands: { twice: (args) => args.x * 2 } };\n")
+    worker = start(
+        "--module", str(module), script=bare_bridge, cwd=bare_bridge.parent, env=NO_NODE_PATH
+    )
+    assert worker.negotiate()["protocol"] == "msgpack"
+    assert worker.call("twice", {"x": 21}).result == 42
 
 
 def test_json_flag_skips_negotiation(start: Any, bare_bridge: Path) -> None:
@@ -943,14 +999,100 @@ def test_node_test_suite_passes() -> None:
     _run_node_suite(BRIDGE.parent)
 
 
-def test_node_test_suite_passes_at_a_long_path(tmp_path: Path) -> None:
-    """The same suites from a copy of the checkout about 1,000 characters deep (issue 14)."""
-    root = long_folder(tmp_path)
-    node_dir = root / "bridges" / "node"
+def test_node_test_suite_passes_at_a_long_path_with_nothing_around(tmp_path: Path) -> None:
+    """The same suites from a copy of the package folder alone, about 1,000 characters deep
+    (issue 14): they read nothing outside the package."""
+    node_dir = long_folder(tmp_path) / "snakepit-bridge-node"
     shutil.copytree(
         BRIDGE.parent, node_dir, ignore=shutil.ignore_patterns("node_modules"), symlinks=True
     )
     if (BRIDGE.parent / "node_modules").is_dir():
         (node_dir / "node_modules").symlink_to(BRIDGE.parent / "node_modules")
-    shutil.copytree(REPO / "tests" / "vectors", root / "tests" / "vectors")
     _run_node_suite(node_dir)
+
+
+def test_the_node_suite_has_the_reference_golden_vectors() -> None:
+    """vectors.test.js reads a copy inside the package: it must be tests/vectors' file."""
+    reference = REPO / "tests" / "vectors" / "messages.json"
+    copy = BRIDGE.parent / "test" / "vectors" / "messages.json"
+    assert copy.read_bytes() == reference.read_bytes(), (
+        f"{copy.relative_to(REPO)} is out of date: copy {reference.relative_to(REPO)} over it"
+    )
+
+
+# ----------------------------------------------------------------------------- the npm package
+
+needs_npm = pytest.mark.skipif(NPM is None, reason="npm is not installed")
+PACKAGE_FILES = {"package.json", "README.md", "snakepit_bridge.js"}
+
+
+def _package_json() -> dict[str, Any]:
+    manifest: dict[str, Any] = json.loads((BRIDGE.parent / "package.json").read_text())
+    return manifest
+
+
+def _packed_files(listing: dict[str, Any]) -> set[str]:
+    return {entry["path"] for entry in listing["files"]}
+
+
+@needs_npm
+def test_npm_pack_holds_the_bridge_and_its_readme_only() -> None:
+    done = subprocess.run(
+        [str(NPM), "pack", "--dry-run", "--json", "--ignore-scripts"],
+        cwd=BRIDGE.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    (listing,) = json.loads(done.stdout)
+    # LICENSE is packed whenever the folder has one (npm always includes it).
+    expected = PACKAGE_FILES | ({"LICENSE"} if (BRIDGE.parent / "LICENSE").exists() else set())
+    assert _packed_files(listing) == expected
+
+
+def test_package_json_points_at_the_bridge() -> None:
+    manifest = _package_json()
+    assert "private" not in manifest  # publishable
+    assert manifest["main"] == "snakepit_bridge.js"
+    assert manifest["exports"]["."] == "./snakepit_bridge.js"
+    assert set(manifest["bin"].values()) == {"snakepit_bridge.js"}
+    assert manifest["files"] == ["snakepit_bridge.js"]
+    assert manifest["engines"] == {"node": ">=18"}
+    assert BRIDGE.read_text().startswith("#!/usr/bin/env node\n")  # runs as the bin
+
+
+@needs_npm
+def test_the_packed_bridge_runs_and_is_what_require_finds(start: Any, tmp_path: Path) -> None:
+    """`npm pack` for real, unpacked in an empty folder: the bridge in it serves requests
+    (JSON: the optional @msgpack/msgpack is not installed there), and requiring the package
+    by its folder, or its package.json, gives the bridge."""
+    done = subprocess.run(
+        [str(NPM), "pack", "--json", "--ignore-scripts", "--pack-destination", str(tmp_path)],
+        cwd=BRIDGE.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    (listing,) = json.loads(done.stdout)
+    with tarfile.open(tmp_path / listing["filename"]) as archive:
+        archive.extractall(tmp_path / "unpacked", filter="data")
+    package = tmp_path / "unpacked" / "package"
+    assert {str(p.relative_to(package)) for p in package.rglob("*")} == _packed_files(listing)
+    probe = (
+        "const dir = process.argv[1];"
+        "process.stdout.write(JSON.stringify([require.resolve(dir),"
+        " typeof require(dir).Bridge, require(dir + '/package.json').name]))"
+    )
+    found = subprocess.run(
+        [str(NODE), "-e", probe, str(package)], capture_output=True, text=True, check=True
+    )
+    assert json.loads(found.stdout) == [
+        str(package / "snakepit_bridge.js"),
+        "function",
+        _package_json()["name"],
+    ]
+    worker = start(script=package / "snakepit_bridge.js", cwd=package, env=NO_NODE_PATH)
+    assert worker.negotiate()["protocol"] == "json"
+    assert worker.call("compute", {"operation": "add", "a": 2, "b": 3}).result["result"] == 5
