@@ -35,7 +35,7 @@ const { Console } = require('node:console');
 const { createRequire } = require('node:module');
 const { fileURLToPath, pathToFileURL } = require('node:url');
 
-const VERSION = '0.1.0';
+const VERSION = '0.1.0'; // as in snakepit_trio/_version.py and package.json (tests/test_versions.py)
 const BRIDGE_NAME = 'snakepit_bridge.js';
 const HEADER_SIZE = 4;
 const MAX_FRAME_LIMIT = 0xffffffff;

@@ -12,7 +12,7 @@ from .context import Cancelled, RequestContext, current_context
 from .handler import BaseCommandHandler
 from .server import ProtocolHandler
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # snakepit_trio/_version.py is the source; tests/test_versions.py checks
 
 __all__ = [
     "BaseCommandHandler",
