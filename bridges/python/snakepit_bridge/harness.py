@@ -274,7 +274,6 @@ class HandlerHarness(Generic[H]):
                 "the worker would be killed); its thread is left running"
             )
         self._reader_thread.join()  # the server's end of the answers is closed: EOF
-        os.close(self._responses)
 
     def __enter__(self) -> Self:
         return self
@@ -370,7 +369,8 @@ class HandlerHarness(Generic[H]):
             os.close(requests)  # further writes fail (EPIPE) instead of blocking
 
     def _read(self) -> None:
-        """The reader thread: decode answers and hand each to its call, until EOF."""
+        """The reader thread: decode answers and hand each to its call, until EOF (then
+        close the pipe: a harness given up on is released when its handler ends)."""
         decoder = FrameDecoder(DEFAULT_MAX_FRAME_SIZE)
         broken: BaseException | None = None
         while True:
@@ -385,6 +385,7 @@ class HandlerHarness(Generic[H]):
             except Exception as exc:  # a frame the pool's side cannot read: a bug to report
                 broken = exc
                 self._fail_all(RuntimeError(f"the bridge sent an unreadable answer: {exc!r}"))
+        os.close(self._responses)
         reason = broken or self._stopped
         self._fail_all(
             RuntimeError(f"the harness's server stopped before the command answered{_why(reason)}")
