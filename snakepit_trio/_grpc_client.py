@@ -43,7 +43,6 @@ from snakepit_bridge.grpc_wire import (
     pack,
     proof,
     token_metadata,
-    unpack,
 )
 from snakepit_bridge.protocol import codecs
 from snakepit_bridge.protocol.messages import Response
@@ -82,13 +81,19 @@ class RequestCodec(codecs.Codec):
         return ExecuteRequest.parse(payload)
 
 
+# Results and chunks decode through the same bounded codec as over stdio (max_containers,
+# MAX_DEPTH, big payloads in slices): a worker's answer cannot blow up the pool's memory.
+# Decoding keeps no state, so one instance serves every hub thread.
+_decode = codecs.get_codec("msgpack").decode
+
+
 def to_response(request_id: int, reply: ExecuteReply) -> Response:
     """The pool's ``Response`` for an ``ExecuteReply`` (``BadReply`` if its result is unreadable)."""
     if reply.success:
         try:
-            result = unpack(reply.result) if reply.result else None
+            result = _decode(reply.result) if reply.result else None
         except Exception as exc:
-            raise BadReply(f"the result is not MessagePack: {exc!r}") from None
+            raise BadReply(f"the result cannot be decoded: {exc}") from None
         return Response(request_id, True, result=result)
     error = reply.error
     if error is None:
@@ -236,9 +241,9 @@ class Client:
                 window.credits -= len(reply.chunks)
                 for data in reply.chunks:
                     try:
-                        value = unpack(data)
+                        value = _decode(data)
                     except Exception as exc:
-                        raise BadReply(f"a chunk is not MessagePack: {exc!r}") from None
+                        raise BadReply(f"a chunk cannot be decoded: {exc}") from None
                     on_chunk(value)
                 if reply.end is not None:
                     return reply.end

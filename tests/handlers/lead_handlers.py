@@ -52,3 +52,14 @@ class ForkingHandler(BaseCommandHandler):
     def count(self, args: dict[str, object]) -> Iterator[dict[str, int]]:
         for i in range(int(str(args.get("count", 10)))):
             yield {"i": i}
+
+
+class BombHandler(BaseCommandHandler):
+    """``bomb``: ``n`` empty lists, one byte each on the wire."""
+
+    def _register_commands(self) -> None:
+        super()._register_commands()
+        self.register_command("bomb", self.bomb)
+
+    def bomb(self, args: dict[str, object]) -> list[list[object]]:
+        return [[] for _ in range(int(str(args["n"])))]
