@@ -34,7 +34,9 @@ async def test_a_big_frame_is_decoded_in_a_thread_while_other_calls_go_on(
         real_decode(self)
 
     monkeypatch.setattr(messages.PendingFrame, "decode", slow_decode)
-    big = [[0, 0] for _ in range(DEFER_OVER // 3 + 1000)]  # three bytes each in MessagePack
+    # Nine bytes each in MessagePack: a frame over DEFER_OVER with fewer containers than the
+    # codec's limit (max_containers).
+    big = [[0] * 8 for _ in range(DEFER_OVER // 9 + 1000)]
     async with sp.open_pool(sp.PythonAdapter(), size=2, config=CONFIG) as pool:
         results: dict[str, Any] = {}
 
