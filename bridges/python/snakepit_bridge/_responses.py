@@ -5,8 +5,10 @@
 - What both servers say about an exception a handler raised (:func:`error_fields`: its message,
   even when its ``str()`` fails, its type, and its traceback without the server's own frames),
   about an unknown command (:func:`unknown_command`), and about a value that cannot be sent
-  (:func:`cannot_send`: the path and type of the value the codec cannot encode, or the size
-  over the limit).
+  (:func:`cannot_send`: the path and type of the value the codec cannot encode, with what the
+  handler's ``default`` hook made of it, or the size over the limit).
+- The codecs with the handler's ``default`` hook (:func:`encoder`, :class:`DefaultingCodec`),
+  for a handler that has one.
 - Errors that always fit: :func:`shorter_errors` gives ever shorter versions of an error, the
   best first (its traceback cut to its innermost end, then its message cut, each cut said in
   the text, then no traceback); each server sends the first one its size limit allows.
@@ -17,11 +19,12 @@ only, and ``traceback`` once a traceback is formatted.
 
 from __future__ import annotations
 
+from .protocol.codecs import BYTES_KEY, Codec
 from .protocol.constants import CANCELLED_ERROR_TYPE, UNSUPPORTED_ERROR_TYPE, utc_timestamp
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from types import TracebackType
     from typing import Any, Final
 
@@ -29,17 +32,20 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CANCELLED_MESSAGE",
+    "DefaultingCodec",
     "cancelled",
     "cannot_send",
     "clean",
     "cut",
     "cut_traceback",
+    "encoder",
     "error_fields",
     "error_response",
     "exception_message",
     "failure",
     "find_unencodable",
     "format_traceback",
+    "hook_of",
     "replacements",
     "shorter_errors",
     "too_large",
@@ -87,13 +93,18 @@ def error_response(
 
 
 def replacements(
-    message: dict[str, Any], problem: BaseException | int, codec_name: str, limit: int
+    message: dict[str, Any],
+    problem: BaseException | int,
+    codec_name: str,
+    limit: int,
+    default: Callable[[Any], Any] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Ever shorter stand-ins for a response that cannot be sent, the best first.
 
-    ``problem`` is what the codec raised, or the encoded size over ``limit``. An error keeps
-    its type (see :func:`shorter_errors`); a result, or anything else, becomes an error that
-    says why it could not be sent. The last ones are for a limit of a few dozen bytes.
+    ``problem`` is what the codec raised, or the encoded size over ``limit``; ``default`` the
+    codec's hook. An error keeps its type (see :func:`shorter_errors`); a result, or anything
+    else, becomes an error that says why it could not be sent. The last ones are for a limit
+    of a few dozen bytes.
     """
     request_id = message.get("id")
     if not isinstance(request_id, int) or isinstance(request_id, bool):
@@ -113,7 +124,7 @@ def replacements(
         return
     what = "the result" if "result" in message else "the response"
     error, error_type = cannot_send(
-        what, problem, message.get("result"), "result", codec_name, limit
+        what, problem, message.get("result"), "result", codec_name, limit, default
     )
     yield failure(request_id, error, error_type)
     yield failure(request_id, cut(error, 100), error_type)
@@ -230,6 +241,106 @@ def cut_traceback(text: str, limit: int = TRACEBACK_CUT) -> str:
     return f"[... {len(text) - len(body)} characters of traceback cut ...]\n{body}"
 
 
+# ---------------------------------------------------------------------- the handler's default hook
+
+# What the JSON encoder writes without help (bytes and sets go through its ``default``).
+_JSON_NATIVE: Final = (dict, list, tuple, str, int, float, type(None))
+
+
+def encoder(codec_name: str, default: Callable[[Any], Any]) -> Callable[[Any], bytes]:
+    """An encode function for the codec ``codec_name`` ("json" or "msgpack") that packs as
+    that codec does and asks ``default`` (the handler's) about each value it has no form for.
+
+    The codec's own machinery calls ``default``, so values that encode as they are cost
+    nothing more. What ``default`` returns is encoded in its place, and values inside it get
+    the same treatment; the returned value itself is not asked about again (msgpack's rule,
+    applied to JSON too, where it also stops an endless chain of new objects). Under JSON,
+    bytes keep their ``{"__bytes__": base64}`` form, and a set that ``default`` refuses
+    travels as a list, as it does without a hook. Thread-safe: a call shares nothing with
+    another (MessagePack builds its packer per call, about half a microsecond; a
+    :class:`DefaultingCodec` keeps one).
+    """
+    if codec_name == "msgpack":
+        import msgpack
+
+        def pack(value: Any) -> bytes:
+            packed: bytes = msgpack.packb(value, use_bin_type=True, default=default)
+            return packed
+
+        return pack
+    if codec_name != "json":
+        raise ValueError(f"unknown codec {codec_name!r}")
+    import base64
+    import json
+
+    def as_json(value: Any) -> Any:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return {BYTES_KEY: base64.b64encode(value).decode("ascii")}
+        try:
+            replacement = default(value)
+        except TypeError:
+            if isinstance(value, (set, frozenset)):
+                return list(value)
+            raise
+        if isinstance(replacement, (bytes, bytearray, memoryview)):
+            return {BYTES_KEY: base64.b64encode(replacement).decode("ascii")}
+        if isinstance(replacement, (set, frozenset)):
+            return list(replacement)
+        if not isinstance(replacement, _JSON_NATIVE):
+            raise TypeError(
+                f"default() returned {_a(_type_name(replacement))} for "
+                f"{_a(_type_name(value))}, which JSON cannot encode"
+            )
+        return replacement
+
+    dumps = json.JSONEncoder(
+        default=as_json, allow_nan=False, ensure_ascii=False, separators=(",", ":")
+    ).encode
+
+    def encode(value: Any) -> bytes:
+        return dumps(value).encode("utf-8")
+
+    return encode
+
+
+def hook_of(codec: Codec) -> Callable[[Any], Any] | None:
+    """The ``default`` hook ``codec`` asks, if any."""
+    return codec.default if isinstance(codec, DefaultingCodec) else None
+
+
+class DefaultingCodec(Codec):
+    """``codec`` with the handler's ``default`` hook (see :func:`encoder`); it decodes as
+    ``codec`` does. For one thread, as each codec is: MessagePack keeps one packer, so that
+    encoding costs what the plain codec's does."""
+
+    def __init__(self, codec: Codec, default: Callable[[Any], Any]) -> None:
+        self.name = codec.name
+        self.max_containers = codec.max_containers
+        self.default = default
+        self._codec = codec
+        self._encode = encoder(codec.name, default)
+        self._packer: Any = None
+        if codec.name == "msgpack":
+            import msgpack
+
+            self._packer = msgpack.Packer(use_bin_type=True, autoreset=True, default=default)
+
+    def encode(self, value: Any) -> bytes:
+        packer = self._packer
+        if packer is None:
+            return self._encode(value)
+        try:
+            packed: bytes = packer.pack(value)
+        except Exception:
+            # A failed pack leaves the packer's buffer dirty: start over with a fresh one.
+            self._packer = type(packer)(use_bin_type=True, autoreset=True, default=self.default)
+            raise
+        return packed
+
+    def decode(self, payload: bytes) -> Any:
+        return self._codec.decode(payload)
+
+
 # ---------------------------------------------------------------------- values that cannot be sent
 
 
@@ -240,12 +351,14 @@ def cannot_send(
     root: str,
     codec_name: str,
     limit: int,
+    default: Callable[[Any], Any] | None = None,
 ) -> tuple[str, str]:
     """The error (message, type) for ``value`` that cannot be sent as ``what`` ("the result",
     "chunk 3"): ``problem`` is what the codec raised, or the encoded size over ``limit``.
-    ``root`` names ``value`` in the path of the culprit (``result['a'][3]``)."""
+    ``root`` names ``value`` in the path of the culprit (``result['a'][3]``); ``default`` is
+    the codec's hook (see :func:`find_unencodable`)."""
     if isinstance(problem, BaseException):
-        why = unencodable(problem, value, root, codec_name)
+        why = unencodable(problem, value, root, codec_name, default)
         return f"cannot send {what}: {why}", type(problem).__name__
     return f"cannot send {what}: {too_large(problem, limit)}", "ProtocolError"
 
@@ -254,22 +367,38 @@ def too_large(size: int, limit: int) -> str:
     return f"it is {size} bytes, over the frame limit of {limit} bytes (max_frame_size)"
 
 
-def unencodable(exc: BaseException, value: object, root: str, codec_name: str) -> str:
+def unencodable(
+    exc: BaseException,
+    value: object,
+    root: str,
+    codec_name: str,
+    default: Callable[[Any], Any] | None = None,
+) -> str:
     """Why ``value`` could not be encoded: the path and type of the culprit when found."""
     try:
-        found = find_unencodable(value, root, codec_name)
+        found = find_unencodable(value, root, codec_name, default)
     except Exception:  # a value whose own methods fail: fall back on the codec's message
         found = None
     codec = "MessagePack" if codec_name == "msgpack" else "JSON"
     if found is None:
         return cut(f"{codec} cannot encode it: {type(exc).__name__}: {exc}", 500)
-    path, what = found
-    return f"{cut(path, 300)} is {what}, which {codec} cannot encode"
+    path, what, hooked = found
+    return f"{cut(path, 300)} is {what}, which {codec} cannot encode{hooked}"
 
 
-def find_unencodable(value: object, root: str, codec_name: str) -> tuple[str, str] | None:
-    """The first value (in encoding order) that the codec cannot carry: (path, description).
+def find_unencodable(
+    value: object,
+    root: str,
+    codec_name: str,
+    default: Callable[[Any], Any] | None = None,
+) -> tuple[str, str, str] | None:
+    """The first value (in encoding order) that the codec cannot carry: (path, description,
+    what ``default`` made of it).
 
+    ``default`` is the codec's hook (the handler's ``default``): it is asked about each value
+    the codec has no form for, as the codec asks it, and what it returns is searched in turn.
+    The third item is empty without a hook, else says how it failed (`` (default() refused
+    it: TypeError: ...)``, or the type it returned, which is not passed to it again).
     Bounded (``_WALK_NODES`` values, ``_WALK_DEPTH`` levels): None when it finds nothing.
     """
     msgpack = codec_name == "msgpack"
@@ -301,7 +430,40 @@ def find_unencodable(value: object, root: str, codec_name: str) -> tuple[str, st
             return None
         return ""  # a container, or something else: see walk
 
-    def walk(item: object, path: str, depth: int) -> tuple[str, str] | None:
+    def converted(item: object, path: str, depth: int, what: str) -> tuple[str, str, str] | None:
+        """``item`` (``what``) has no form in the codec: ask ``default`` (once), then search
+        its answer."""
+        if default is None:
+            return path, what, ""
+        try:
+            replacement = default(item)
+        except Exception as exc:
+            if not msgpack and isinstance(item, (set, frozenset)) and isinstance(exc, TypeError):
+                return members(item, path, depth)  # refused: JSON's own rule, a list
+            verb = "refused it" if isinstance(exc, TypeError) else "failed"
+            why = cut(f"{type(exc).__name__}: {exception_message(exc)}", 200)
+            return path, what, f" (default() {verb}: {why})"
+        problem = scalar(replacement)
+        if problem is None:
+            return None
+        if not problem and isinstance(replacement, (dict, list, tuple)):
+            return walk(replacement, path, depth + 1)
+        if not problem and not msgpack and isinstance(replacement, (set, frozenset)):
+            return members(replacement, path, depth)
+        got = problem or _a(_type_name(replacement))
+        return path, what, f" (default() returned {got})"
+
+    def members(item: Any, path: str, depth: int) -> tuple[str, str, str] | None:
+        """The items of a list, tuple or (under JSON) set, in order."""
+        active.add(id(item))
+        for index, sub in enumerate(item):
+            bad = walk(sub, f"{path}[{index}]", depth + 1)
+            if bad is not None:
+                return bad
+        active.discard(id(item))
+        return None
+
+    def walk(item: object, path: str, depth: int) -> tuple[str, str, str] | None:
         budget[0] -= 1
         if budget[0] < 0 or depth > _WALK_DEPTH:
             return None
@@ -309,9 +471,11 @@ def find_unencodable(value: object, root: str, codec_name: str) -> tuple[str, st
         if problem is None:
             return None
         if problem:
-            return path, problem
+            if msgpack and default is not None and isinstance(item, int):
+                return converted(item, path, depth, problem)  # msgpack asks about big ints too
+            return path, problem, ""
         if id(item) in active:
-            return path, f"{_a(_type_name(item))} that contains itself"
+            return path, f"{_a(_type_name(item))} that contains itself", ""
         if isinstance(item, dict):
             active.add(id(item))
             for key, sub in item.items():
@@ -321,23 +485,19 @@ def find_unencodable(value: object, root: str, codec_name: str) -> tuple[str, st
                     if bad is not None:
                         return bad
                 elif not (key is None or isinstance(key, (str, int, float))):
-                    return label, f"a key of type {_type_name(key)} (JSON keys are strings)"
+                    return label, f"a key of type {_type_name(key)} (JSON keys are strings)", ""
                 elif scalar(key):
-                    return label, f"a key that is {scalar(key)}"
+                    return label, f"a key that is {scalar(key)}", ""
                 bad = walk(sub, label, depth + 1)
                 if bad is not None:
                     return bad
             active.discard(id(item))
             return None
-        if isinstance(item, (list, tuple)) or (not msgpack and isinstance(item, (set, frozenset))):
-            active.add(id(item))
-            for index, sub in enumerate(item):
-                bad = walk(sub, f"{path}[{index}]", depth + 1)
-                if bad is not None:
-                    return bad
-            active.discard(id(item))
-            return None
-        return path, _a(_type_name(item))
+        if isinstance(item, (list, tuple)):
+            return members(item, path, depth)
+        if not msgpack and default is None and isinstance(item, (set, frozenset)):
+            return members(item, path, depth)  # JSON sends a set as a list
+        return converted(item, path, depth, _a(_type_name(item)))
 
     return walk(value, root, 0)
 

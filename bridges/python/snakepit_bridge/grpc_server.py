@@ -81,6 +81,7 @@ from ._responses import (
     CANCELLED_MESSAGE,
     cannot_send,
     clean,
+    encoder,
     error_fields,
     shorter_errors,
     unknown_command,
@@ -240,6 +241,13 @@ class BridgeService(SnakepitBridgeBase):  # type: ignore[misc]
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
+        # Results and chunks are packed as grpc_wire.pack packs them; with the handler's
+        # ``default`` when it overrides the base one (which refuses all, as msgpack alone does).
+        from .handler import BaseCommandHandler
+
+        overridden = type(handler).default is not BaseCommandHandler.default
+        self._default = handler.default if overridden else None
+        self._encode = encoder("msgpack", handler.default) if overridden else pack
 
     def __mapping__(self) -> dict[str, Any]:
         # The streaming route is served here at the stream level (not through the generated
@@ -348,9 +356,10 @@ class BridgeService(SnakepitBridgeBase):  # type: ignore[misc]
         one that cannot be sent is an error of the request (``_Unsendable``)."""
         limit = self.max_message_size
         try:
-            payload = pack(value)
+            payload = self._encode(value)
         except Exception as exc:  # TypeError, ValueError, OverflowError, or a __len__ failing
-            raise _Unsendable(*cannot_send(what, exc, value, root, "msgpack", limit)) from None
+            why = cannot_send(what, exc, value, root, "msgpack", limit, self._default)
+            raise _Unsendable(*why) from None
         if len(payload) + _ENVELOPE > limit:
             size = len(payload) + _ENVELOPE
             message, _ = cannot_send(what, size, value, root, "msgpack", limit)

@@ -34,7 +34,12 @@ the pool's first request with the exception and the file and line that raised it
 Rules:
 
 - A handler takes one argument, ``args`` (the request's argument map), and returns something
-  the wire can carry: maps, lists, strings, numbers, booleans, ``None`` and ``bytes``.
+  the wire can carry: maps, lists, strings, numbers, booleans, ``None`` and ``bytes``. For
+  anything else (a ``datetime``, a ``Decimal``, a ``set``, a NumPy scalar, your own class)
+  override :meth:`BaseCommandHandler.default` to say what to send instead; without it such a
+  result fails its request with an error naming the value's path
+  (``cannot send the result: result['rows'][3] is a decimal.Decimal, which MessagePack cannot
+  encode``).
 - It may be ``def`` or ``async def``, a generator or an async generator. Async handlers run
   on an asyncio event loop that the worker creates the first time one is needed.
 - A generator streams when the caller asks for a stream (each value becomes a chunk, the
@@ -86,7 +91,10 @@ _MAX_POWER_BITS = 1 << 16
 
 
 class BaseCommandHandler:
-    """Base class of command handlers; provides ``ping``, ``echo``, ``compute`` and ``info``."""
+    """Base class of command handlers; provides ``ping``, ``echo``, ``compute`` and ``info``.
+
+    Override :meth:`default` to send values the codec cannot encode (dates, decimals, sets).
+    """
 
     #: Reported by ``ping`` as ``bridge_type``.
     bridge_type = "python"
@@ -118,6 +126,40 @@ class BaseCommandHandler:
         from types import MappingProxyType
 
         return MappingProxyType(self._commands)
+
+    def default(self, value: Any) -> Any:
+        """What to send instead of ``value``, which the wire's codec cannot encode (override
+        this; the base method refuses everything).
+
+        Called while a result or a stream chunk is encoded, for each value at any depth that
+        the codec has no form of its own for: a ``datetime``, a ``Decimal``, a ``set`` or
+        ``frozenset``, a NumPy integer or array, an instance of your own class. Return a
+        value the codec can encode (values inside a returned list or map get the same
+        treatment; the returned value itself is not passed to ``default`` again), or raise
+        ``TypeError`` to refuse: the request then fails with an error that names the path
+        and type of the value (``cannot send the result: result['price'] is a
+        decimal.Decimal, which JSON cannot encode (default() refused it: ...)``)::
+
+            def default(self, value):
+                if isinstance(value, (datetime.date, datetime.time)):
+                    return value.isoformat()
+                if isinstance(value, decimal.Decimal):
+                    return str(value)
+                if isinstance(value, (set, frozenset)):
+                    return sorted(value)
+                return super().default(value)   # refuse the rest
+
+        The same meaning as ``json.JSONEncoder.default`` and msgpack's ``default=``, under
+        both codecs (JSON and MessagePack) and in the gRPC worker. Values that encode as they
+        are never reach it: ``None``, booleans, numbers (``float`` subclasses such as
+        ``numpy.float64`` included), strings, ``bytes``, lists, tuples and maps. The codecs
+        differ in three cases: a ``set`` that ``default`` refuses still travels as a list
+        under JSON (it always has); MessagePack asks about an integer beyond 64 bits (JSON
+        writes it as it is); JSON asks nothing about map keys (they must be strings, numbers,
+        booleans or ``None``). It runs while the response is encoded, after the command
+        returned (perhaps twice, to find the culprit of an error): keep it a pure conversion.
+        """
+        raise TypeError(f"{_type_name(value)} has no wire form (override default() to give one)")
 
     def get_command(self, name: str) -> CommandFunction | None:
         """The function serving ``name``, or None."""
@@ -229,6 +271,13 @@ class BaseCommandHandler:
             },
             "timestamp": now,
         }
+
+
+def _type_name(value: object) -> str:
+    cls = type(value)
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
 
 
 def _operand(args: dict[str, Any], key: str) -> int | float:

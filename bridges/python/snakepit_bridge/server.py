@@ -15,7 +15,10 @@ names the exception and where it was raised; then the bridge exits with status 1
 
 A response that cannot be sent (over ``max_frame_size``, or holding a value the codec cannot
 encode) is replaced at once by a short error response that says why; an error's traceback is
-cut first, then its message. A stream chunk that cannot be sent ends its stream that way.
+cut first, then its message. A stream chunk that cannot be sent ends its stream that way. A
+handler that overrides ``default`` is asked about each value the codec cannot encode first
+(see ``BaseCommandHandler.default``): the codec calls it, so it costs nothing where no value
+needs it.
 
 Exit status: 0 after stdin EOF or a ``shutdown`` frame (once the queued work is done), or when
 stdout is closed; 1 when the handler could not be loaded; 2 when the input breaks the framing
@@ -212,6 +215,7 @@ class ProtocolHandler:
                         self._exit_code = EXIT_HANDLER
                         self._refuse_requests(*failure)
                         return EXIT_HANDLER
+                self._use_default()
                 self._serve()
             except _StdoutClosed:
                 self._eof = True
@@ -255,6 +259,23 @@ class ProtocolHandler:
             return message, type(exc).__name__
         self.command_handler = handler
         return None
+
+    def _use_default(self) -> None:
+        """Have the codec ask the handler's ``default`` about values it cannot encode, if the
+        handler overrides it (the base method refuses everything, as the codec alone does).
+        Done once the handler and the codec are both known, before the first request runs."""
+        from .handler import BaseCommandHandler
+
+        handler = getattr(self, "command_handler", None)  # None: stdin closed before the build
+        if (
+            handler is None
+            or self._codec is None
+            or type(handler).default is BaseCommandHandler.default
+        ):
+            return
+        from ._responses import DefaultingCodec
+
+        self._codec = DefaultingCodec(self._codec, handler.default)
 
     def _refuse_requests(self, message: str, error_type: str) -> None:
         """Answer the requests that arrive soon (the init ping) with why the handler failed."""
@@ -627,9 +648,9 @@ class ProtocolHandler:
         try:
             payload = codec.encode(chunk)
         except Exception as exc:
-            raise _cannot_send_chunk(job.seq, exc, item, codec.name, limit) from None
+            raise _cannot_send_chunk(job.seq, exc, item, codec, limit) from None
         if len(payload) > limit:
-            raise _cannot_send_chunk(job.seq, len(payload), item, codec.name, limit)
+            raise _cannot_send_chunk(job.seq, len(payload), item, codec, limit)
         self._queue_frame(encode_frame_parts(payload, self._max_frame_size))
         job.seq += 1
         if job.credits is not None:
@@ -651,7 +672,7 @@ class ProtocolHandler:
                 self._queue_frame(encode_frame_parts(payload, limit))
                 return
             problem = len(payload)
-        for candidate in _replacements(message, problem, codec.name, limit):
+        for candidate in _replacements(message, problem, codec, limit):
             try:
                 payload = codec.encode(candidate)
             except Exception:
@@ -780,19 +801,20 @@ def _unknown_command(
 
 
 def _cannot_send_chunk(
-    seq: int, problem: BaseException | int, item: object, codec_name: str, limit: int
+    seq: int, problem: BaseException | int, item: object, codec: Codec, limit: int
 ) -> _Unsendable:
-    from ._responses import cannot_send
+    from ._responses import cannot_send, hook_of
 
-    return _Unsendable(*cannot_send(f"chunk {seq}", problem, item, "data", codec_name, limit))
+    why = cannot_send(f"chunk {seq}", problem, item, "data", codec.name, limit, hook_of(codec))
+    return _Unsendable(*why)
 
 
 def _replacements(
-    message: dict[str, Any], problem: BaseException | int, codec_name: str, limit: int
+    message: dict[str, Any], problem: BaseException | int, codec: Codec, limit: int
 ) -> Iterator[dict[str, Any]]:
-    from ._responses import replacements
+    from ._responses import hook_of, replacements
 
-    return replacements(message, problem, codec_name, limit)
+    return replacements(message, problem, codec.name, limit, hook_of(codec))
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
