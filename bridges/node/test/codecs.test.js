@@ -78,6 +78,30 @@ test('values are normalised the same way for both codecs', () => {
   assert.throws(() => toWire(2n ** 60n, true), RangeError);
 });
 
+test("a class's own toJSON chooses what it sends, under both codecs (the Python default()'s counterpart)", () => {
+  class Money {
+    constructor(cents) {
+      this.cents = cents;
+    }
+    toJSON() {
+      return { amount: (this.cents / 100).toFixed(2), currency: 'EUR' };
+    }
+  }
+  class Failure extends Error {
+    toJSON() {
+      return `failed: ${this.message}`;
+    }
+  }
+  const value = { price: new Money(1990), rows: [new Money(5)], why: new Failure('late') };
+  const expected = {
+    price: { amount: '19.90', currency: 'EUR' },
+    rows: [{ amount: '0.05', currency: 'EUR' }],
+    why: 'failed: late', // an Error without toJSON is refused (next test)
+  };
+  assert.deepEqual(JSON.parse(JSON.stringify(json.decode(json.encode(value)))), expected);
+  if (msgpack) assert.deepEqual(JSON.parse(JSON.stringify(msgpack.decode(msgpack.encode(value)))), expected);
+});
+
 test('what no codec carries is an error naming the value and its path, never dropped', () => {
   const cases = [
     [{ fn: () => 1 }, TypeError, /^a function \(fn\) cannot be encoded at fn$/],
