@@ -15,7 +15,7 @@ import site
 import sys
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import snakepit_bridge
 from snakepit_bridge import BaseCommandHandler
@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Adapter", "NodeAdapter", "PythonAdapter", "Wire", "node_bridge_path"]
 
-Wire = Literal["auto", "json", "msgpack"]
+Wire: TypeAlias = Literal["auto", "json", "msgpack"]
+"""The codec of an adapter's workers: negotiated (``"auto"``: MessagePack when both sides have
+it, else JSON), or fixed when the program starts."""
 _WIRES = ("auto", "json", "msgpack")
 
 
@@ -47,6 +49,24 @@ class Adapter:
     init_command: str | None = "ping"
     #: Whether this is one of our bridges (negotiates even when the codec is forced).
     speaks_extensions: bool = False
+
+    executable: str
+    """The program to run (``argv[0]``)."""
+    script: str | None
+    """The script given to it, if any (``argv[1]``)."""
+    script_args: tuple[str, ...]
+    """The arguments after the script."""
+    wire: Wire
+    """The codec: negotiated (``"auto"``) or fixed."""
+    env: dict[str, str]
+    """Variables set in the worker's environment, over the parent's unless ``inherit_env``
+    is False."""
+    cwd: str | None
+    """The worker's working directory (None: the parent's)."""
+    inherit_env: bool
+    """Whether the worker starts from the parent's environment."""
+    name: str
+    """A label for messages and ``repr`` (by default the script's or program's file name)."""
 
     def __init__(
         self,
@@ -69,7 +89,7 @@ class Adapter:
         self.executable = _path_argument("executable", executable)
         self.script = None if script is None else _path_argument("script", script)
         self.script_args = _arguments(script_args)
-        self.wire: Wire = wire
+        self.wire = wire
         self.env = _environment_argument(env)
         self.cwd = None if cwd is None else _path_argument("cwd", cwd)
         self.inherit_env = inherit_env
@@ -440,12 +460,15 @@ class PythonAdapter(Adapter):
             name=f"python bridge ({label})",
         )
         #: The ``--handler`` argument (``module:Class``), or None for the generic handler.
-        self.handler = spec
-        self.enhanced = enhanced
+        self.handler: str | None = spec
+        #: Whether the worker runs the enhanced handler.
+        self.enhanced: bool = enhanced
         # Ahead of the user's PYTHONPATH: only the bridge's own folder, and the handler's.
         self._import_dirs = [d for d in (bridge_dir, handler_dir) if d is not None]
 
     def environment(self) -> dict[str, str]:
+        """The base environment, with the bridge's (and the handler's) folder first on
+        PYTHONPATH."""
         env = _with_pythonpath(super().environment(), self._import_dirs)
         # glibc hands allocations of 128 KiB and more back to the kernel when freed, so every
         # large payload costs hundreds of page faults to touch fresh memory (~1 ms per MiB
@@ -502,4 +525,5 @@ class NodeAdapter(Adapter):
             inherit_env=inherit_env,
             name=f"node bridge ({Path(script).name if script else 'generic'})",
         )
-        self.user_module = None if script is None else os.fspath(script)
+        #: The user module the bridge loads (``script``), or None for the generic commands.
+        self.user_module: str | None = None if script is None else os.fspath(script)

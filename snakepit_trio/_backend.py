@@ -7,6 +7,9 @@ hot path uses come from here, bound to the running backend once per pool:
 - ``Backend.new_event``: a one-shot event (trio: a light one built on ``wait_task_rescheduled``;
   asyncio: ``asyncio.Event``), awaited inside anyio cancel scopes on both.
 - ``Backend.now`` and ``Backend.checkpoint_if_cancelled``: the backend's own clock and check.
+- ``Backend.checkpoint``: a full checkpoint (a cancellation check and a pass through the
+  scheduler), which a public call takes before it raises a validation error, so that it fails
+  the way trio's own functions do: a call made in a cancelled scope raises ``Cancelled``.
 - ``Backend.pump``: read a descriptor until its consumer says stop (trio: ``wait_readable``
   then ``os.read``; asyncio: one persistent ``add_reader`` callback, which saves a task switch
   and a registration per read).
@@ -38,11 +41,14 @@ READ_SIZE: Final = 1 << 16
 class Waitable(Protocol):
     """What the hot path needs of an event: trio's, asyncio's or anyio's all fit."""
 
-    def set(self) -> object: ...
+    def set(self) -> object:
+        """Set the event and wake its waiters (setting it again does nothing)."""
 
-    def is_set(self) -> bool: ...
+    def is_set(self) -> bool:
+        """Whether it was set."""
 
-    async def wait(self) -> object: ...
+    async def wait(self) -> object:
+        """Return once it is set."""
 
 
 @attrs.frozen
@@ -53,6 +59,7 @@ class Backend:
     new_event: Callable[[], Waitable]
     now: Callable[[], float]
     checkpoint_if_cancelled: Callable[[], Awaitable[None]]
+    checkpoint: Callable[[], Awaitable[None]]
     pump: Callable[[int, Callable[[bytes], bool]], Awaitable[None]]
 
 
@@ -67,6 +74,7 @@ def current_backend() -> Backend:
             _trio_signal_class(),
             trio.current_time,
             trio.lowlevel.checkpoint_if_cancelled,
+            trio.lowlevel.checkpoint,
             _pump_waiting,
         )
     if name == "asyncio":
@@ -77,10 +85,16 @@ def current_backend() -> Backend:
             asyncio.Event,
             anyio.current_time,
             anyio.lowlevel.checkpoint_if_cancelled,
+            anyio.lowlevel.checkpoint,
             _pump_asyncio,
         )
     return Backend(  # pragma: no cover - another backend: anyio's portable forms
-        name, anyio.Event, anyio.current_time, anyio.lowlevel.checkpoint_if_cancelled, _pump_waiting
+        name,
+        anyio.Event,
+        anyio.current_time,
+        anyio.lowlevel.checkpoint_if_cancelled,
+        anyio.lowlevel.checkpoint,
+        _pump_waiting,
     )
 
 

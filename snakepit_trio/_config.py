@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import attrs
 from snakepit_bridge.protocol.framing import DEFAULT_MAX_FRAME_SIZE
@@ -19,7 +19,10 @@ __all__ = [
     "validate_size",
 ]
 
-Affinity = Literal["hint", "strict", "fail"]
+Affinity: TypeAlias = Literal["hint", "strict", "fail"]
+"""Where a session's calls go (``PoolConfig.affinity``): ``"hint"`` prefers the worker that
+served the session last, ``"strict"`` waits for it, ``"fail"`` raises ``PoolSaturated`` when it
+is busy."""
 _AFFINITIES = ("hint", "strict", "fail")
 
 #: Longest duration any setting takes: a year. Longer waits overflow some timers (a thread's

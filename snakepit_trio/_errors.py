@@ -30,12 +30,18 @@ class PoolSaturated(SnakepitError):
     """The queue is full (``max_queue``); the request was rejected at once and never ran."""
 
 
-class QueueTimeout(SnakepitError):
-    """No worker became free in time (``queue_timeout`` or the call's timeout); it never ran."""
+class QueueTimeout(SnakepitError, TimeoutError):
+    """No worker became free in time (``queue_timeout`` or the call's timeout); it never ran.
+
+    Also a ``TimeoutError``, so code written for timeouts in general catches it.
+    """
 
 
-class WorkerTimeout(SnakepitError):
-    """The command ran past its timeout. It may have run in part; its worker is cleaned up."""
+class WorkerTimeout(SnakepitError, TimeoutError):
+    """The command ran past its timeout. It may have run in part; its worker is cleaned up.
+
+    Also a ``TimeoutError``, so code written for timeouts in general catches it.
+    """
 
 
 class WorkerCrashed(SnakepitError):

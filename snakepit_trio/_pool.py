@@ -3,6 +3,12 @@
 Dispatch keeps idle workers on a LIFO stack and waiting callers in a FIFO queue. A finished
 request hands its worker straight to the oldest waiter, so a queued call costs one wake-up.
 Everything here runs in the event loop's thread; nothing in it blocks.
+
+Every public async function is a checkpoint, failures included: a call that fails fast (a bad
+argument, a closed pool, a full queue) takes a full checkpoint before it raises, as trio's own
+functions do, so a call made in a cancelled scope raises ``Cancelled`` rather than the error.
+Only the failure branches pay for that pass through the scheduler; a call that succeeds takes
+the same awaits as before.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from ._errors import (
     PoolClosed,
     PoolSaturated,
     QueueTimeout,
+    SessionError,
     SnakepitError,
     UnsupportedCommand,
     WorkerTimeout,
@@ -113,22 +120,41 @@ class ChunkStream(metaclass=_NoPublicConstructor):
     ``result`` holds the stream's final value (the generator's return value).
     """
 
-    def __init__(
-        self,
+    result: Any
+    """The stream's final value, once the iteration has ended (None until then)."""
+    count: int
+    """Chunks the iteration has returned so far."""
+    _call: Call
+    _worker: Slot
+    _new_event: Callable[[], Waitable]
+    _checkpoint: Callable[[], Awaitable[None]]
+    _max_credits: int | None
+    _window: int
+    _granted: int
+
+    @classmethod
+    def _open(
+        cls,
         call: Call,
         worker: Slot,
         credits: int | None,
         window: int,
         new_event: Callable[[], Waitable],
-    ) -> None:
+        checkpoint: Callable[[], Awaitable[None]],
+    ) -> ChunkStream:
+        # Not __init__: its parameters would put the pool's internals (Call, Slot) on the
+        # public surface, and the class has no public constructor anyway.
+        self = object.__new__(cls)
         self._call = call
         self._worker = worker
         self._new_event = new_event
+        self._checkpoint = checkpoint
         self._max_credits = credits  # None: the transport does its own flow control
         self._window = window
         self._granted = min(credits, INITIAL_STREAM_CREDITS) if credits is not None else 0
-        self.result: Any = None
+        self.result = None
         self.count = 0
+        return self
 
     def _grant(self) -> None:
         """Keep the stream's allowance near its window: fewer credits for bigger chunks."""
@@ -152,6 +178,7 @@ class ChunkStream(metaclass=_NoPublicConstructor):
         assert chunks is not None
         while True:
             if call.timed_out:
+                await self._checkpoint()  # an error is raised after a checkpoint (module doc)
                 raise WorkerTimeout(f"stream {call.command!r} ran past its timeout")
             if chunks:
                 item = chunks.popleft()
@@ -161,10 +188,12 @@ class ChunkStream(metaclass=_NoPublicConstructor):
                 return item
             if call.done:
                 if call.error is not None:
+                    await self._checkpoint()
                     raise call.error
                 response = call.response
                 assert response is not None
                 if not response.success:
+                    await self._checkpoint()
                     raise _response_error(response)
                 self.result = response.result
                 raise StopAsyncIteration
@@ -175,6 +204,19 @@ class ChunkStream(metaclass=_NoPublicConstructor):
 @final
 class Pool(metaclass=_NoPublicConstructor):
     """A running pool; get one from ``open_pool``."""
+
+    adapter: Adapter
+    """How its workers are started and spoken to."""
+    size: int
+    """How many worker slots it keeps."""
+    config: PoolConfig
+    """Its settings."""
+    run_id: str
+    """Carried by every worker it starts (``SNAKEPIT_RUN_ID``): how leftovers are found."""
+    telemetry: tm.Telemetry
+    """Its event hub: ``pool.telemetry.add_listener(fn)``."""
+    sessions: SessionStore
+    """Its sessions and programs."""
 
     def __init__(self, adapter: Adapter, size: int, config: PoolConfig) -> None:
         self.adapter = adapter
@@ -210,6 +252,9 @@ class Pool(metaclass=_NoPublicConstructor):
         self._checkpoint_if_cancelled: Callable[[], Awaitable[None]] = (
             anyio.lowlevel.checkpoint_if_cancelled
         )
+        self._checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
+        # What the slots call (SlotOwner), apart from the pool's public surface.
+        self._owner = _SlotOwnerView(self)
         # Deadlines of calls in flight: one watcher task instead of a cancel scope per call.
         self._deadlines: list[tuple[float, int, Call | _Waiter]] = []
         self._seq = itertools.count()
@@ -243,7 +288,12 @@ class Pool(metaclass=_NoPublicConstructor):
 
         The session is created on first use; ``args["session_id"]`` is set for the bridge.
         """
-        return await self._execute(command, args, timeout, validate_session_id(session_id))
+        try:
+            session_id = validate_session_id(session_id)
+        except SessionError:
+            await self._checkpoint()
+            raise
+        return await self._execute(command, args, timeout, session_id)
 
     @asynccontextmanager
     async def stream(
@@ -261,20 +311,24 @@ class Pool(metaclass=_NoPublicConstructor):
         and the worker returns to the pool. ``timeout`` bounds the stream: at its deadline the
         worker-side stream is cancelled and the next iteration raises ``WorkerTimeout``.
         """
-        if session_id is not None:
-            validate_session_id(session_id)
-        if constants.FEATURE_STREAM not in self._features:
-            raise UnsupportedCommand(
-                f"{self.adapter.name} does not support streaming over this transport "
-                f"(its bridge does not announce the {constants.FEATURE_STREAM!r} feature)"
-            )
-        if timeout is None:
-            timeout = self.config.stream_timeout
-        if timeout is not None:
-            timeout = _checked_timeout(timeout, command)
-            if timeout <= 0:
-                await self._checkpoint_if_cancelled()
-                self._expired(None, command, timeout)
+        try:
+            if session_id is not None:
+                validate_session_id(session_id)
+            if constants.FEATURE_STREAM not in self._features:
+                raise UnsupportedCommand(
+                    f"{self.adapter.name} does not support streaming over this transport "
+                    f"(its bridge does not announce the {constants.FEATURE_STREAM!r} feature)"
+                )
+            if timeout is None:
+                timeout = self.config.stream_timeout
+            if timeout is not None:
+                timeout = _checked_timeout(timeout, command)
+        except Exception:
+            await self._checkpoint()  # fail fast, after a checkpoint (module doc)
+            raise
+        if timeout is not None and timeout <= 0:
+            await self._checkpoint()
+            self._expired(None, command, timeout)
         deadline = anyio.current_time() + timeout if timeout is not None else float("inf")
         worker, call, frame, session = await self._dispatch(
             command, args, session_id, deadline, stream=True
@@ -282,8 +336,8 @@ class Pool(metaclass=_NoPublicConstructor):
         credits = (
             self.config.stream_credits if constants.FEATURE_CREDIT in worker.features else None
         )
-        chunks = ChunkStream._create(
-            call, worker, credits, self.config.stream_window, self._new_event
+        chunks = ChunkStream._open(
+            call, worker, credits, self.config.stream_window, self._new_event, self._checkpoint
         )
         outcome: tm.Outcome = "error"
         # The deadline is the pool's to enforce, never a cancel scope around the block: the
@@ -375,6 +429,7 @@ class Pool(metaclass=_NoPublicConstructor):
 
     @property
     def closed(self) -> bool:
+        """The pool is closing or closed (the same as ``closing``)."""
         return self._closing
 
     @property
@@ -384,9 +439,13 @@ class Pool(metaclass=_NoPublicConstructor):
 
     async def aclose(self) -> None:
         """Close the pool now: queued calls get ``PoolClosed``, calls in flight may finish
-        within ``drain_timeout``, then every worker goes down the ladder. Idempotent."""
+        within ``drain_timeout``, then every worker goes down the ladder. Idempotent.
+
+        A cancelled caller still closes the pool completely, then gets its ``Cancelled``.
+        """
         with anyio.CancelScope(shield=True):
             await self._shutdown()
+        await self._checkpoint()
 
     # ------------------------------------------------------------------ calls
     def _next_id(self) -> int:
@@ -438,7 +497,11 @@ class Pool(metaclass=_NoPublicConstructor):
 
     async def _wait_for_worker(self, prefer: Slot | None, command: str, deadline: float) -> Slot:
         """Queue the caller (FIFO) until a worker is handed to it, or it times out."""
-        waiter = self._enqueue(prefer, command, deadline)
+        try:
+            waiter = self._enqueue(prefer, command, deadline)
+        except Exception:  # rejected at once (a full queue, no worker left): still checkpoint
+            await self._checkpoint()
+            raise
         while True:
             try:
                 await waiter.event.wait()
@@ -492,8 +555,12 @@ class Pool(metaclass=_NoPublicConstructor):
         *,
         stream: bool,
     ) -> tuple[Slot, Call, bytes, str | None]:
-        """Validate and encode at the call site, wait for a worker, register the call."""
-        await self._checkpoint_if_cancelled()
+        """Validate and encode at the call site, wait for a worker, register the call.
+
+        Starts with a full checkpoint, where ``execute`` only checks for cancellation: a
+        stream's enter may find a free worker and send without ever yielding, and a public
+        async call must yield, whether it fails fast or not (one scheduler pass per stream)."""
+        await self._checkpoint()
         request_id, frame, prefer, codec = self._prepare(command, args, session_id, stream)
         worker = self._take_now(prefer, command)
         if worker is None:
@@ -507,7 +574,7 @@ class Pool(metaclass=_NoPublicConstructor):
         """The call's deadline passed before its request was sent: send nothing, hand the
         worker it was given to the next caller."""
         if worker is not None:
-            self.slot_released(worker)
+            self._slot_released(worker)
         s = self._stats
         s.requests += 1
         s.errors += 1
@@ -522,26 +589,44 @@ class Pool(metaclass=_NoPublicConstructor):
         timeout: float | None,
         session_id: str | None,
     ) -> Any:
-        # The hot path: _dispatch inlined (one coroutine less per request).
+        # The hot path: _dispatch inlined (one coroutine less per request). A failure before
+        # the first wait checkpoints, then raises (module doc); the try blocks cost nothing
+        # when nothing is raised.
         adapter = self.adapter
         if timeout is None:
-            timeout = adapter.command_timeout(command, args or {})
+            try:
+                timeout = adapter.command_timeout(command, args or {})
+            except Exception:
+                await self._checkpoint()
+                raise
             if timeout is None:
                 timeout = self.config.command_timeout
         if type(timeout) is not float or not timeout > 0:  # also catches NaN
-            timeout = _checked_timeout(timeout, command)
+            try:
+                timeout = _checked_timeout(timeout, command)
+            except Exception:
+                await self._checkpoint()
+                raise
             if timeout <= 0:
-                await self._checkpoint_if_cancelled()
+                await self._checkpoint()
                 self._expired(None, command, timeout)
         deadline = self._now() + timeout
         await self._checkpoint_if_cancelled()
-        request_id, frame, prefer, codec = self._prepare(command, args, session_id, False)
-        worker = self._take_now(prefer, command)
+        try:
+            request_id, frame, prefer, codec = self._prepare(command, args, session_id, False)
+            worker = self._take_now(prefer, command)
+        except Exception:
+            await self._checkpoint()
+            raise
         if worker is None:
             worker = await self._wait_for_worker(prefer, command, deadline)
             if self._now() >= deadline:
                 self._expired(worker, command, timeout)
-        call, frame = self._begin(worker, request_id, command, frame, False, session_id, codec)
+        try:
+            call, frame = self._begin(worker, request_id, command, frame, False, session_id, codec)
+        except Exception:  # a frame its worker's codec cannot carry (rare): still checkpoint
+            await self._checkpoint()
+            raise
         self._arm_deadline(call, deadline)
         try:
             if not worker.send_nowait(frame):
@@ -725,7 +810,7 @@ class Pool(metaclass=_NoPublicConstructor):
         handed = waiter.worker
         if handed is not None:
             waiter.worker = None
-            self.slot_released(handed)
+            self._slot_released(handed)
         elif not waiter.done:
             waiter.done = True
             self._queued -= 1
@@ -749,11 +834,11 @@ class Pool(metaclass=_NoPublicConstructor):
         if len(waiters) > 2 * self._queued + 64:
             self._waiters = deque(w for w in waiters if not w.done)
 
-    def _reject(self, command: str, reason: Any, waited: float) -> None:
+    def _reject(self, command: str, reason: tm.RejectReason, waited: float) -> None:
         if self.telemetry.active:
             self.telemetry.emit(tm.RequestRejected(command, reason, waited))
 
-    def slot_released(self, worker: Slot) -> None:
+    def _slot_released(self, worker: Slot) -> None:
         """A request on ``worker`` ended: give its slot to the oldest waiter, or park it."""
         if not worker.alive:
             return
@@ -795,22 +880,22 @@ class Pool(metaclass=_NoPublicConstructor):
             self._idle.append(worker)
         worker.settle()
 
-    def slot_ready(self, worker: Slot) -> None:
+    def _slot_ready(self, worker: Slot) -> None:
         if not self._features:
             self._features = worker.features
             codec = worker.codec  # a fresh instance for the pool, unless it is not a wire codec
             self._codec = codecs.get_codec(codec.name) if codec.name in codecs.CODECS else codec
         worker.free = 0
         for _ in range(worker.capacity):
-            self.slot_released(worker)
+            self._slot_released(worker)
 
-    def slot_unavailable(self, worker: Slot) -> None:
+    def _slot_unavailable(self, worker: Slot) -> None:
         if worker.free > 0:
             worker.free = 0
             if worker in self._idle:
                 self._idle.remove(worker)
 
-    def slot_broken(self, worker: Slot) -> None:
+    def _slot_broken(self, worker: Slot) -> None:
         if all(w.broken for w in self._workers):
             self._fail_waiters(startup_failure(self._workers))
 
@@ -842,7 +927,7 @@ class Pool(metaclass=_NoPublicConstructor):
                     continue  # busy workers are not pinged: a long command is not a dead worker
                 reason = worker.needs_recycling(now)
                 if reason is not None:
-                    self.slot_unavailable(worker)
+                    self._slot_unavailable(worker)
                     if self.telemetry.active and worker.pid is not None:
                         self.telemetry.emit(tm.WorkerRecycled(worker.id, worker.pid, reason))
                     worker.stop(f"recycled: {reason}", graceful=True)
@@ -876,11 +961,12 @@ class Pool(metaclass=_NoPublicConstructor):
         backend = current_backend()
         self._new_event = backend.new_event
         self._now, self._checkpoint_if_cancelled = backend.now, backend.checkpoint_if_cancelled
+        self._checkpoint = backend.checkpoint
         self._deadline_wakeup = self._new_event()
         make_transport = self.adapter.transport
         self._workers = [
             Slot(
-                self,
+                self._owner,
                 i,
                 self.config,
                 make_transport,
@@ -949,6 +1035,33 @@ class Pool(metaclass=_NoPublicConstructor):
         self._closed.set()
 
 
+@final
+class _SlotOwnerView:
+    """The pool as its slots see it (``SlotOwner``).
+
+    A separate object so that the slots' callbacks, which take a ``Slot``, stay off ``Pool``'s
+    public surface. The callbacks are the pool's own bound methods, stored once: a slot's call
+    costs what a call on the pool did (``slot_released`` runs once per request).
+    """
+
+    __slots__ = ("_pool", "slot_broken", "slot_ready", "slot_released", "slot_unavailable")
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self.slot_ready: Callable[[Slot], None] = pool._slot_ready
+        self.slot_released: Callable[[Slot], None] = pool._slot_released
+        self.slot_unavailable: Callable[[Slot], None] = pool._slot_unavailable
+        self.slot_broken: Callable[[Slot], None] = pool._slot_broken
+
+    @property
+    def closing(self) -> bool:
+        return self._pool._closing
+
+    @property
+    def telemetry(self) -> tm.Telemetry:
+        return self._pool.telemetry
+
+
 def _checked_timeout(timeout: object, command: str) -> float:
     """``timeout`` as a float, or ValueError/TypeError at the call site (never later, in the
     deadline watcher, where a NaN would take the whole pool down)."""
@@ -982,19 +1095,23 @@ async def open_pool(
     shuts every worker down through the ladder (graceful close, SIGTERM, SIGKILL), shielded
     and bounded, whether it is left normally, by an exception or by cancellation.
     """
-    if adapter is None:
-        from ._adapters import PythonAdapter
+    try:
+        if adapter is None:
+            from ._adapters import PythonAdapter
 
-        adapter = PythonAdapter()
-    if not isinstance(adapter, Adapter):
-        raise TypeError(f"adapter must be an Adapter, not {type(adapter).__name__}")
-    if size is None:
-        size = min((os.cpu_count() or 1) * 2, MAX_POOL_SIZE)
-    size = validate_size(size)
-    if config is None:
-        config = PoolConfig()
-    elif not isinstance(config, PoolConfig):
-        raise TypeError(f"config must be a PoolConfig, not {type(config).__name__}")
+            adapter = PythonAdapter()
+        if not isinstance(adapter, Adapter):
+            raise TypeError(f"adapter must be an Adapter, not {type(adapter).__name__}")
+        if size is None:
+            size = min((os.cpu_count() or 1) * 2, MAX_POOL_SIZE)
+        size = validate_size(size)
+        if config is None:
+            config = PoolConfig()
+        elif not isinstance(config, PoolConfig):
+            raise TypeError(f"config must be a PoolConfig, not {type(config).__name__}")
+    except Exception:
+        await anyio.lowlevel.checkpoint()  # a bad argument is raised after a checkpoint
+        raise
     pool = Pool._create(adapter, size, config)
     # What the block (or the start) raised is kept out of the task group and re-raised as
     # it was, so the group's wrapping never touches a user's exception (its cause, its own

@@ -21,6 +21,7 @@ import copy
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import anyio.lowlevel
 import attrs
 
 from ._errors import SessionError
@@ -145,19 +146,25 @@ async def execute_program(
     such program exists and ``ValueError`` when an input is missing; otherwise it behaves like
     ``pool.execute_in_session`` (same errors, same ``timeout``; default: the program's).
     """
-    validate_session_id(session_id)
-    stored = pool.sessions.get_program(session_id, program_id)
-    if stored is None:
-        stored = pool.sessions.get_global_program(program_id)
-    if stored is None:
-        raise SessionError(
-            f"no program {program_id!r} in session {session_id!r}, and no global one"
-        )
-    program = Program.from_definition(stored)
     try:
-        args = program.bind(inputs)
-    except KeyError as exc:
-        raise ValueError(f"program {program_id!r}: {exc.args[0]}") from None
+        validate_session_id(session_id)
+        stored = pool.sessions.get_program(session_id, program_id)
+        if stored is None:
+            stored = pool.sessions.get_global_program(program_id)
+        if stored is None:
+            raise SessionError(
+                f"no program {program_id!r} in session {session_id!r}, and no global one"
+            )
+        program = Program.from_definition(stored)
+        try:
+            args = program.bind(inputs)
+        except KeyError as exc:
+            raise ValueError(f"program {program_id!r}: {exc.args[0]}") from None
+    except Exception:
+        # Fail as trio's own calls do: after a checkpoint, so that a call made in a
+        # cancelled scope raises Cancelled.
+        await anyio.lowlevel.checkpoint()
+        raise
     return await pool.execute_in_session(
         session_id,
         program.command,

@@ -38,14 +38,21 @@ class Session:
 
     id: str
     created_at: float
+    """When it was created, on the store's clock (monotonic seconds)."""
     last_accessed: float
+    """When it was last read or used, on the store's clock."""
     ttl: float
+    """Seconds it lives after its last access."""
     data: dict[str, Any] = attrs.field(factory=dict)
+    """Free for the application's use."""
     programs: dict[str, Any] = attrs.field(factory=dict)
+    """Its programs, by id (see ``create_program``)."""
     metadata: dict[str, Any] = attrs.field(factory=dict)
     last_worker_id: int | None = None
+    """The worker that served it last (its calls go there first)."""
 
     def expires_at(self) -> float:
+        """When it expires unless it is used again, on the store's clock."""
         return self.last_accessed + self.ttl
 
 
@@ -65,8 +72,10 @@ class SessionStore:
         max_sessions: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.default_ttl = default_ttl
-        self.max_sessions = max_sessions
+        #: Seconds a session lives after its last access, unless it was given its own ttl.
+        self.default_ttl: float = default_ttl
+        #: Most live sessions at once; None: no limit.
+        self.max_sessions: int | None = max_sessions
         self._clock = clock
         self._sessions: dict[str, Session] = {}
         self._global_programs: dict[str, _Program] = {}
@@ -137,10 +146,12 @@ class SessionStore:
         return True
 
     def session_exists(self, session_id: str) -> bool:
+        """Whether the session exists and has not expired (it is not touched)."""
         session = self._sessions.get(session_id)
         return session is not None and self._clock() < session.expires_at()
 
     def list_sessions(self) -> list[str]:
+        """The ids of the live sessions."""
         now = self._clock()
         return [sid for sid, s in self._sessions.items() if now < s.expires_at()]
 
@@ -162,12 +173,14 @@ class SessionStore:
 
     # -- programs
     def store_program(self, session_id: str, program_id: str, program: Any) -> None:
+        """Keep ``program`` as ``program_id`` in the session; SessionError if there is none."""
         session = self.get_session(session_id)
         if session is None:
             raise SessionError(f"no session {session_id!r}")
         session.programs[program_id] = program
 
     def get_program(self, session_id: str, program_id: str) -> Any | None:
+        """The session's program ``program_id``, or None."""
         session = self.get_session(session_id)
         if session is None:
             return None
@@ -181,6 +194,7 @@ class SessionStore:
         self._global_programs[program_id] = _Program(program, expires)
 
     def get_global_program(self, program_id: str) -> Any | None:
+        """The global program ``program_id``, or None if there is none or it expired."""
         entry = self._global_programs.get(program_id)
         if entry is None:
             return None
@@ -190,10 +204,13 @@ class SessionStore:
         return entry.value
 
     def delete_global_program(self, program_id: str) -> bool:
+        """Remove the global program; True if it existed."""
         return self._global_programs.pop(program_id, None) is not None
 
     # -- stats
     def get_stats(self) -> dict[str, int]:
+        """Counts: live ``sessions``, sessions ``created``, ``expired`` and ``deleted`` so
+        far, ``global_programs``, and ``programs`` held by sessions."""
         return {
             "sessions": len(self.list_sessions()),
             "created": self._created,
@@ -204,4 +221,5 @@ class SessionStore:
         }
 
     def __len__(self) -> int:
+        """The number of live sessions."""
         return len(self.list_sessions())

@@ -26,7 +26,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeAlias
 
 import anyio
 import anyio.abc
@@ -47,7 +47,10 @@ __all__ = ["Call", "Slot", "SlotOwner", "WorkerInfo", "WorkerState", "startup_fa
 
 logger = logging.getLogger("snakepit_trio.worker")
 
-WorkerState = Literal["starting", "idle", "busy", "cancelling", "stopping", "stopped"]
+WorkerState: TypeAlias = Literal["starting", "idle", "busy", "cancelling", "stopping", "stopped"]
+"""A worker slot's state (``WorkerInfo.state``). ``cancelling``: a call was abandoned (timeout
+or cancellation) and its cancel is not confirmed yet; ``stopped`` while the pool runs: the
+slot's crash breaker is open."""
 
 # Every move a slot's state may make (h11 style: the whole machine in one place).
 # "stopped" is reachable from anywhere: the supervisor ends when the pool closes, whatever

@@ -14,11 +14,13 @@ from typing import Literal, TypeAlias
 import attrs
 
 __all__ = [
-    "Event",
     "Listener",
+    "Outcome",
+    "RejectReason",
     "RequestCompleted",
     "RequestRejected",
     "Telemetry",
+    "TelemetryEvent",
     "WorkerExited",
     "WorkerReady",
     "WorkerRecycled",
@@ -27,7 +29,14 @@ __all__ = [
 
 logger = logging.getLogger("snakepit_trio.telemetry")
 
-Outcome = Literal["ok", "error", "timeout", "crashed", "cancelled"]
+Outcome: TypeAlias = Literal["ok", "error", "timeout", "crashed", "cancelled"]
+"""How a request ended: ``"ok"``; ``"error"`` (the command raised, or the bridge refused it);
+``"timeout"``; ``"crashed"`` (its worker died or broke the protocol); ``"cancelled"`` (the
+caller gave up, or left a stream early)."""
+
+RejectReason: TypeAlias = Literal["saturated", "queue_timeout", "closed"]
+"""Why a request never ran: the queue was full (``PoolSaturated``), no worker became free in
+time (``QueueTimeout``), or the pool closed (``PoolClosed``)."""
 
 
 @attrs.frozen
@@ -37,6 +46,7 @@ class RequestCompleted:
     command: str
     worker_id: int
     duration: float
+    """Seconds from the request's hand-over to its worker until its outcome."""
     outcome: Outcome
     session_id: str | None = None
 
@@ -46,8 +56,9 @@ class RequestRejected:
     """A request never ran: the queue was full, the wait timed out, or the pool closed."""
 
     command: str
-    reason: Literal["saturated", "queue_timeout", "closed"]
+    reason: RejectReason
     waited: float = 0.0
+    """Seconds the request spent in the queue before it was rejected."""
 
 
 @attrs.frozen
@@ -57,6 +68,7 @@ class WorkerStarted:
     worker_id: int
     pid: int
     restart: int
+    """How many times this slot's worker was restarted before (0: its first start)."""
 
 
 @attrs.frozen
@@ -66,8 +78,11 @@ class WorkerReady:
     worker_id: int
     pid: int
     init_time: float
+    """Seconds from the start of its handshake until it was ready."""
     protocol: str
+    """What it speaks: the negotiated codec (``"msgpack"``, ``"json"``), or ``"grpc"``."""
     features: frozenset[str]
+    """The protocol features its bridge announced (streaming, cancellation, ...)."""
 
 
 @attrs.frozen
@@ -78,8 +93,10 @@ class WorkerExited:
     pid: int
     exit_code: int | None
     signal: int | None
+    """The signal that ended it, if one did."""
     crashed: bool
     reason: str
+    """Why it stopped, in words."""
 
 
 @attrs.frozen
@@ -91,14 +108,18 @@ class WorkerRecycled:
     reason: str
 
 
-Event: TypeAlias = (
+TelemetryEvent: TypeAlias = (
     RequestCompleted | RequestRejected | WorkerStarted | WorkerReady | WorkerExited | WorkerRecycled
 )
-Listener: TypeAlias = Callable[[Event], object]
+"""Any event a listener receives."""
+Event: TypeAlias = TelemetryEvent  # the name this alias had before it was public
+
+Listener: TypeAlias = Callable[[TelemetryEvent], object]
+"""A callable that receives every event; what it returns is ignored."""
 
 
 class Telemetry:
-    """The pool's event hub."""
+    """The pool's event hub (``pool.telemetry``)."""
 
     __slots__ = ("_listeners",)
 
@@ -120,7 +141,8 @@ class Telemetry:
 
         return remove
 
-    def emit(self, event: Event) -> None:
+    def emit(self, event: TelemetryEvent) -> None:
+        """Hand ``event`` to every listener, in the order they were added."""
         for listener in tuple(self._listeners):
             try:
                 listener(event)
