@@ -215,7 +215,6 @@ class ProtocolHandler:
                         self._exit_code = EXIT_HANDLER
                         self._refuse_requests(*failure)
                         return EXIT_HANDLER
-                self._use_default()
                 self._serve()
             except _StdoutClosed:
                 self._eof = True
@@ -263,7 +262,8 @@ class ProtocolHandler:
     def _use_default(self) -> None:
         """Have the codec ask the handler's ``default`` about values it cannot encode, if the
         handler overrides it (the base method refuses everything, as the codec alone does).
-        Done once the handler and the codec are both known, before the first request runs."""
+        Done as the serving loop starts (whoever enters it: ``run()``, or the in-process test
+        harness), once the handler and the codec are both known."""
         from .handler import BaseCommandHandler
 
         handler = getattr(self, "command_handler", None)  # None: stdin closed before the build
@@ -275,7 +275,8 @@ class ProtocolHandler:
             return
         from ._responses import DefaultingCodec
 
-        self._codec = DefaultingCodec(self._codec, handler.default)
+        if not isinstance(self._codec, DefaultingCodec):
+            self._codec = DefaultingCodec(self._codec, handler.default)
 
     def _refuse_requests(self, message: str, error_type: str) -> None:
         """Answer the requests that arrive soon (the init ping) with why the handler failed."""
@@ -290,6 +291,7 @@ class ProtocolHandler:
         self._flush()
 
     def _serve(self) -> None:
+        self._use_default()
         while True:
             if self._queue:
                 self._poll_input()  # a cancel for a queued request may be waiting
