@@ -49,8 +49,9 @@ def pool_fixture(
 ) -> Callable[..., AsyncIterator[Pool]]:
     """A function-scoped fixture that yields ``open_pool(adapter, size=size, config=config)``.
 
-    ``size`` defaults to one worker: each test starts its own pool (a Python worker is ready
-    in about 0.1 s), so tests never see each other's worker state. The same fixture serves
+    ``size`` defaults to one worker: each test starts its own pool, so tests never see each
+    other's worker state (one Python worker took 0.2 to 0.3 s to start and 0.05 s to stop on
+    a busy 2-core machine). The same fixture serves
     anyio's plugin and pytest-trio; it is an async fixture, so only async tests may use it.
     """
     if adapter is not None and not isinstance(adapter, Adapter):

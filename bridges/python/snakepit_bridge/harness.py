@@ -23,7 +23,7 @@ in as frames in the pool's codec, answers come back as frames. So these are the 
   ``check_cancelled()``, a running async handler, and a stream between two chunks (its
   generator is closed, so its ``finally`` runs);
 - the codec's round trip: results come back as a pool gets them (a tuple as a list, bytes as
-  bytes), and a value the codec cannot carry (a ``datetime``, a ``set``) fails the request
+  bytes), and a value the codec cannot carry (a ``datetime``, a ``Decimal``) fails the request
   with the bridge's message naming where it is;
 - errors as the bridge reports them: :class:`CommandFailed` carries the error type name, the
   message and the traceback the pool's ``CommandError`` would carry; an unknown command has
@@ -116,11 +116,19 @@ class CommandCancelled(CommandFailed):
 class _Call:
     """One request in flight: what the reader thread hands to the waiting test."""
 
-    __slots__ = ("command", "events", "finished", "id")
+    __slots__ = ("command", "events", "finished", "id", "send", "timeout")
 
-    def __init__(self, request_id: int, command: str) -> None:
+    def __init__(
+        self,
+        request_id: int,
+        command: str,
+        send: Callable[[dict[str, Any]], None],
+        timeout: float | None,
+    ) -> None:
         self.id = request_id
         self.command = command
+        self.send = send  # sends a cancel or a credit (nothing once the server has stopped)
+        self.timeout = timeout  # the harness's bound on each wait
         # ("chunk", data) for each chunk, then ("response", message) or ("gone", exception).
         self.events: SimpleQueue[tuple[str, Any]] = SimpleQueue()
         self.finished = threading.Event()
@@ -139,7 +147,7 @@ class HandlerHarness(Generic[H]):
 
     @overload
     def __init__(
-        self: HandlerHarness[H],
+        self,
         handler: H | Callable[[], H],
         *,
         wire: str = ...,
@@ -225,7 +233,7 @@ class HandlerHarness(Generic[H]):
         Commands run one at a time in the order they were sent; one sent while another runs
         waits its turn (and a cancel of it answers at once that it was cancelled).
         """
-        return RunningCommand(self, self._begin(command, args, session_id, False, None))
+        return RunningCommand(self._begin(command, args, session_id, False, None))
 
     def stream(
         self,
@@ -247,7 +255,7 @@ class HandlerHarness(Generic[H]):
             not isinstance(credits, int) or isinstance(credits, bool) or credits < 1
         ):
             raise ValueError(f"credits must be an int >= 1 or None, not {credits!r}")
-        return CommandStream(self, self._begin(command, args, session_id, True, credits), credits)
+        return CommandStream(self._begin(command, args, session_id, True, credits), credits)
 
     # ------------------------------------------------------------------ closing
 
@@ -304,7 +312,7 @@ class HandlerHarness(Generic[H]):
         call_args: dict[str, Any] = {} if args is None else dict(args)
         if session_id is not None:
             call_args["session_id"] = session_id
-        call = _Call(next(self._ids), command)
+        call = _Call(next(self._ids), command, self._send_quietly, self.timeout)
         request: dict[str, Any] = {
             "id": call.id,
             "command": command,
@@ -424,8 +432,7 @@ class HandlerHarness(Generic[H]):
 class RunningCommand:
     """A command sent with :meth:`HandlerHarness.start`."""
 
-    def __init__(self, harness: HandlerHarness[Any], call: _Call) -> None:
-        self._harness = harness
+    def __init__(self, call: _Call) -> None:
         self._call = call
         self._outcome: tuple[bool, Any] | None = None  # (succeeded, result or error)
 
@@ -436,6 +443,7 @@ class RunningCommand:
 
     @property
     def command(self) -> str:
+        """The command's name."""
         return self._call.command
 
     def done(self) -> bool:
@@ -445,15 +453,17 @@ class RunningCommand:
     def cancel(self) -> None:
         """Ask the bridge to cancel the command, as the pool does (a no-op once answered)."""
         if not self.done():
-            self._harness._send_quietly({"type": CANCEL, "id": self._call.id})
+            self._call.send({"type": CANCEL, "id": self._call.id})
 
     def result(self, timeout: float | None = None) -> Any:
-        """Wait for the answer (at most ``timeout``; None: the harness's; ``math.inf``: no
-        bound) and return the
-        result, or raise :class:`CommandFailed` (:class:`CommandCancelled` if it was
-        cancelled); ``TimeoutError`` past ``timeout``, the command still running."""
+        """Wait for the answer and return the result, or raise :class:`CommandFailed`
+        (:class:`CommandCancelled` if it was cancelled).
+
+        ``timeout``: None waits as long as the harness's ``timeout``, ``math.inf`` without
+        bound. Past it, ``TimeoutError`` is raised and the command keeps running.
+        """
         if self._outcome is None:
-            kind, value = _next_event(self._call, self._harness, timeout)
+            kind, value = _next_event(self._call, timeout)
             if kind == "chunk":  # not a stream: the bridge sends none
                 raise RuntimeError(f"a chunk arrived for {self.command!r}, which is no stream")
             self._outcome = _outcome(kind, value)
@@ -471,8 +481,7 @@ class CommandStream:
     from the iteration.
     """
 
-    def __init__(self, harness: HandlerHarness[Any], call: _Call, credits: int | None) -> None:
-        self._harness = harness
+    def __init__(self, call: _Call, credits: int | None) -> None:
         self._call = call
         self._flow = credits is not None
         self._owed = 0  # chunks taken whose credit is not yet given back
@@ -486,10 +495,12 @@ class CommandStream:
 
     @property
     def id(self) -> int:
+        """The request id (``current_context().id`` in the handler)."""
         return self._call.id
 
     @property
     def command(self) -> str:
+        """The command's name."""
         return self._call.command
 
     def done(self) -> bool:
@@ -501,7 +512,7 @@ class CommandStream:
         :class:`CommandCancelled` (or ends normally, if the stream had finished first)."""
         self._cancelled = True
         if not self.done():
-            self._harness._send_quietly({"type": CANCEL, "id": self._call.id})
+            self._call.send({"type": CANCEL, "id": self._call.id})
 
     def __iter__(self) -> CommandStream:
         return self
@@ -525,11 +536,11 @@ class CommandStream:
         if self._owed and self._flow and not self._cancelled:
             # The pool grants credit as its consumer takes chunks; giving it back only when
             # the next one is asked for keeps the generator from running ahead.
-            self._harness._send_quietly({"type": CREDIT, "id": call.id, "credits": self._owed})
+            call.send({"type": CREDIT, "id": call.id, "credits": self._owed})
             self._owed = 0
         while True:
             try:
-                kind, value = _next_event(call, self._harness, None)
+                kind, value = _next_event(call, None)
             except TimeoutError:
                 self.cancel()
                 raise
@@ -545,7 +556,7 @@ class CommandStream:
             return
         self.cancel()
         while self._outcome is None:
-            kind, value = _next_event(self._call, self._harness, None)
+            kind, value = _next_event(self._call, None)
             if kind != "chunk":
                 self._outcome = _outcome(kind, value)
 
@@ -567,12 +578,10 @@ class CommandStream:
             pass
 
 
-def _next_event(
-    call: _Call, harness: HandlerHarness[Any], timeout: float | None
-) -> tuple[str, Any]:
+def _next_event(call: _Call, timeout: float | None) -> tuple[str, Any]:
     """The call's next event, waiting at most ``timeout`` (None: the harness's)."""
     if timeout is None:
-        timeout = harness.timeout
+        timeout = call.timeout
     try:
         return call.events.get(timeout=None if timeout is None or timeout == _FOREVER else timeout)
     except Empty:
