@@ -455,7 +455,7 @@ def test_a_result_the_codec_cannot_carry_is_named() -> None:
     with HandlerHarness(Probe, wire="msgpack") as harness:
         with pytest.raises(CommandFailed) as failed:
             harness.call("when")
-    assert failed.value.message == (
+    assert failed.value.message.startswith(
         "cannot send the result: result['at'][0] is a datetime.datetime, "
         "which MessagePack cannot encode"
     )
