@@ -30,6 +30,7 @@ import anyio.abc
 import anyio.lowlevel
 from snakepit_bridge.protocol import codecs, constants
 from snakepit_bridge.protocol.framing import HEADER_SIZE, encode_frame
+from snakepit_bridge.protocol.framing import ProtocolError as WireProtocolError
 
 from . import _telemetry as tm
 from ._adapters import Adapter
@@ -39,6 +40,7 @@ from ._errors import (
     CommandError,
     PoolClosed,
     PoolSaturated,
+    ProtocolError,
     QueueTimeout,
     SessionError,
     SnakepitError,
@@ -540,10 +542,21 @@ class Pool(metaclass=_NoPublicConstructor):
                 current.last_worker_id = worker.id
         worker_codec = worker.codec
         if worker_codec is not codec and worker_codec.name != codec.name:
-            # Rare: a worker that negotiated differently.
-            frame = encode_frame(
-                worker_codec.encode(codec.decode(frame[HEADER_SIZE:])), self.config.max_frame_size
-            )
+            # Rare: a worker that negotiated differently. What that codec cannot carry is the
+            # caller's error, as at the call site, and the worker goes back to the pool.
+            try:
+                frame = encode_frame(
+                    worker_codec.encode(codec.decode(frame[HEADER_SIZE:])),
+                    self.config.max_frame_size,
+                )
+            except (TypeError, ValueError, OverflowError) as exc:
+                self._slot_released(worker)
+                raise TypeError(
+                    f"the arguments of {command!r} cannot be sent as {worker_codec.name}: {exc}"
+                ) from exc
+            except WireProtocolError as exc:
+                self._slot_released(worker)
+                raise ProtocolError(f"request {command!r} is too large: {exc}") from None
         return worker.begin(request_id, command, frame, stream), frame
 
     async def _dispatch(
@@ -1067,7 +1080,10 @@ def _checked_timeout(timeout: object, command: str) -> float:
     deadline watcher, where a NaN would take the whole pool down)."""
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise TypeError(f"timeout of {command!r} must be a number of seconds, not {timeout!r}")
-    value = float(timeout)
+    try:
+        value = float(timeout)
+    except OverflowError:
+        raise ValueError(f"timeout of {command!r} is too large: {timeout!r}") from None
     if math.isnan(value):
         raise ValueError(f"timeout of {command!r} must be a number of seconds, not NaN")
     return value

@@ -37,7 +37,7 @@ from snakepit_bridge.protocol.messages import Response, StreamChunk
 
 from . import _telemetry as tm
 from ._errors import ProtocolError, SnakepitError, StartupError, WorkerCrashed
-from ._transport import StartFailed, Transport, TransportContext
+from ._transport import INITIAL_STREAM_CREDITS, StartFailed, Transport, TransportContext
 
 if TYPE_CHECKING:
     from ._backend import Backend, Waitable
@@ -126,6 +126,7 @@ class Call:
         "chunks_in",
         "command",
         "consumed",
+        "credits",
         "done",
         "error",
         "event",
@@ -158,6 +159,7 @@ class Call:
         self.bytes_in = 0.0  # stream bytes received (estimated per read) and chunks received
         self.chunks_in = 0
         self.consumed = 0
+        self.credits: int | None = None  # chunks the worker may send in all (credit feature)
 
     def finish(self, response: Response | None, error: SnakepitError | None) -> None:
         self.done = True
@@ -217,6 +219,8 @@ class Slot:
         self._protocol_error: WireProtocolError | None = None
         self._phase = "start-up"
         self._first_attempt_done = anyio.Event()
+        # A stream without credits has no backpressure: bound what it may buffer all the same.
+        self._unpaced_stream_bytes = 4 * config.stream_window + 2 * config.max_frame_size
 
     # ------------------------------------------------------------------ state
     def _move(self, to: WorkerState) -> None:
@@ -286,6 +290,9 @@ class Slot:
         assert transport is not None
         call = Call(request_id, command, self, stream, self._backend.new_event())
         call.started = now = time.monotonic()
+        if stream and constants.FEATURE_CREDIT in self.features:
+            # What the request frame allows (encode_request); the pool grants more later.
+            call.credits = min(self.config.stream_credits, INITIAL_STREAM_CREDITS)
         transport.open_call(call, frame)
         self._calls[request_id] = call
         self.load += 1
@@ -321,6 +328,8 @@ class Slot:
     def grant_credit(self, call: Call, credits: int) -> None:
         transport = self.transport
         if transport is not None and not call.done and self._tg is not None:
+            if call.credits is not None:
+                call.credits += credits
             transport.grant(call, credits)
 
     def spawn_send(self, frame: bytes) -> None:
@@ -393,11 +402,31 @@ class Slot:
     def chunk(self, event: StreamChunk, size: float) -> None:
         call = self._calls[event.id]
         call.bytes_in += size
-        call.chunks_in += 1
-        assert call.chunks is not None
-        call.chunks.append(event.data)
+        chunks_in = call.chunks_in = call.chunks_in + 1
+        chunks = call.chunks
+        assert chunks is not None
+        chunks.append(event.data)
         if call.chunk_event is not None:
             call.chunk_event.set()
+        # What a worker sends must not outgrow the pool's memory: past its credits (or, with
+        # no credit feature, past a generous byte bound) a stream is a protocol violation.
+        credits = call.credits
+        if credits is not None:
+            if chunks_in > credits:
+                self.protocol_error(
+                    WireProtocolError(
+                        f"stream {event.id} sent chunk {chunks_in} with only {credits} credits"
+                    ),
+                    [],
+                )
+        elif len(chunks) * (call.bytes_in / chunks_in) > self._unpaced_stream_bytes:
+            self.protocol_error(
+                WireProtocolError(
+                    f"stream {event.id} ran over {self._unpaced_stream_bytes} bytes ahead of "
+                    "its consumer, with no credits to pace it"
+                ),
+                [],
+            )
 
     def heartbeat(self) -> None:
         self.last_heartbeat = time.monotonic()

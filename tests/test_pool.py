@@ -521,7 +521,7 @@ async def test_a_queued_frame_is_reencoded_if_the_pool_codec_changed_meanwhile()
                 while pool.stats()["queued"] != 1:
                     await anyio.sleep(0.01)
             pool._codec = codecs.get_codec("msgpack")
-            pool.slot_released(worker)
+            pool._slot_released(worker)
         assert isinstance(outcome["echo"], dict) and outcome["echo"]["echoed"] == {"x": 1}
         assert pool.stats()["restarts"] == 0
 
