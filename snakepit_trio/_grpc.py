@@ -526,8 +526,14 @@ class GrpcPythonAdapter(PythonAdapter):
             inherit_env=inherit_env,
             max_concurrency=max_concurrency,
         )
-        self.script_args = (*self.script_args, "--transport", "grpc", "--listen", listen)
-        self.name = f"python gRPC bridge ({handler or 'generic'})"
+        self.script_args: tuple[str, ...] = (
+            *self.script_args,
+            "--transport",
+            "grpc",
+            "--listen",
+            listen,
+        )
+        self.name: str = f"python gRPC bridge ({self.handler or 'generic'})"
         self.listen = listen
 
     def __repr__(self) -> str:

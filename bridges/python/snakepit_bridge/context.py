@@ -46,10 +46,10 @@ class RequestContext:
         stream: bool = False,
         poll: Callable[[], bool] | None = None,
     ) -> None:
-        self.id = request_id
-        self.command = command
-        self.args = args
-        self.stream = stream
+        self.id: int = request_id
+        self.command: str = command
+        self.args: dict[str, Any] = args
+        self.stream: bool = stream
         session_id = args.get("session_id")
         self.session_id: str | None = session_id if isinstance(session_id, str) else None
         self._cancelled = False

@@ -100,8 +100,8 @@ class BaseCommandHandler:
     bridge_type = "python"
 
     def __init__(self) -> None:
-        self.start_time = time.time()
-        self.request_count = 0
+        self.start_time: float = time.time()
+        self.request_count: int = 0
         self._commands: dict[str, CommandFunction] = {}
         self.register_command("ping", self.handle_ping)
         self.register_command("echo", self.handle_echo)
