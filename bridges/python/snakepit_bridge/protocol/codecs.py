@@ -79,6 +79,12 @@ class Codec:
     def decode(self, payload: bytes) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def plain_decoder(self) -> tuple[Callable[[bytes], Any], int]:
+        """``(decode, size)``: a function that decodes payloads of at most ``size`` bytes as
+        :meth:`decode` does, without checking their size (for a caller that has its length
+        at hand already, such as ``ClientConnection``)."""
+        return self.decode, 1 << 63
+
 
 def _check_limit(max_containers: int) -> int:
     if type(max_containers) is not int or max_containers < 1:
@@ -153,12 +159,26 @@ class JsonCodec(Codec):
                 return _JsonParser(payload.decode("utf-8"), self).parse()
             decoder = self._decoder or self._load()[1]
             return decoder.decode(payload.decode("utf-8"))
-        except ProtocolError:
-            raise
-        except RecursionError:
-            raise ProtocolError("JSON payload is nested too deeply") from None
         except Exception as exc:
-            raise ProtocolError(f"invalid JSON payload: {exc}") from None
+            raise _json_error(exc) from None
+
+    def plain_decoder(self) -> tuple[Callable[[bytes], Any], int]:
+        return self._decode_plain, self._checked_over
+
+    def _decode_plain(self, payload: bytes) -> Any:
+        try:
+            decoder = self._decoder or self._load()[1]
+            return decoder.decode(payload.decode("utf-8"))
+        except Exception as exc:
+            raise _json_error(exc) from None
+
+
+def _json_error(exc: Exception) -> ProtocolError:
+    if isinstance(exc, ProtocolError):
+        return exc
+    if isinstance(exc, RecursionError):
+        return ProtocolError("JSON payload is nested too deeply")
+    return ProtocolError(f"invalid JSON payload: {exc}")
 
 
 class _JsonParser:
@@ -534,6 +554,15 @@ class MsgpackCodec(Codec):
             except Exception as exc:
                 raise _msgpack_error(exc) from None
         return self._decode_big(payload)
+
+    def plain_decoder(self) -> tuple[Callable[[bytes], Any], int]:
+        return self._decode_plain, self._checked_over
+
+    def _decode_plain(self, payload: bytes) -> Any:
+        try:
+            return _unpackb(payload, raw=False, strict_map_key=False, use_list=True)
+        except Exception as exc:
+            raise _msgpack_error(exc) from None
 
     def _decode_big(self, payload: bytes) -> Any:
         try:

@@ -10,7 +10,7 @@ works on plain dicts (see ``snakepit_bridge.server``) so that it starts without 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, TypeAlias, final, overload
 
 import attrs
@@ -442,11 +442,16 @@ class ClientConnection:
         self.codec: Final = codec
         self.max_frame_size: Final = max_frame_size
         self._decoder = FrameDecoder(max_frame_size)
-        self._decode = codec.decode
+        # Payloads up to _plain_max bytes (most) take a decoder that does not check their
+        # size again; longer ones take codec.decode, whose checked path bounds them.
+        self._decode, self._plain_max = codec.plain_decoder()
         # Request id -> None for a plain request (the common case: nothing to track but the
         # id), or the _InFlight of a stream or of a request being cancelled.
         self._in_flight: dict[int, _InFlight | None] = {}
         self._broken: ProtocolError | None = None
+        # What receive_data raises at once: _broken, or a RuntimeError while a PendingFrame
+        # waits for resume (one check on the hot path for both).
+        self._refuse: Exception | None = None
         # A deferred frame (see PendingFrame), the payloads that arrived behind it, the
         # framing error that came after them, and the defer_over in force.
         self._pending: PendingFrame | None = None
@@ -529,28 +534,31 @@ class ClientConnection:
         same bytes completed after it waits in the connection (and so does any error they
         hold). Call :meth:`resume` with it before feeding more data.
         """
-        if self._broken is not None:
-            raise self._broken
-        if self._pending is not None:
-            raise RuntimeError("resume() the PendingFrame before feeding more data")
+        if self._refuse is not None:
+            raise self._refuse
         framing_error: ProtocolError | None = None
         try:
-            payloads: Iterable[Any] = self._decoder.feed(data)
+            payloads: Sequence[Any] = self._decoder.feed(data)
         except ProtocolError as exc:
             payloads, framing_error = exc.events, exc
+        plain_max = self._plain_max
         if defer_over is None:
             defer_over = _NEVER
+        elif defer_over < plain_max:
+            plain_max = defer_over
         # The loop of _receive, inlined: this is the hot path (-150 ns a read).
         events: list[Any] = []
         decode = self._decode
         in_flight = self._in_flight
         append = events.append
-        rest: Iterator[bytes] = iter(payloads)
         try:
-            for payload in rest:
-                if len(payload) > defer_over:
-                    return self._defer(payload, rest, framing_error, defer_over, events)
-                msg = decode(payload)
+            for payload in payloads:
+                if len(payload) <= plain_max:
+                    msg = decode(payload)
+                elif len(payload) > defer_over:
+                    return self._defer(payload, payloads, framing_error, defer_over, events)
+                else:
+                    msg = self.codec.decode(payload)
                 if type(msg) is dict and msg.get("success") is True:
                     request_id = msg.get("id")
                     timestamp = msg.get("timestamp")
@@ -567,7 +575,7 @@ class ClientConnection:
                 raise framing_error
             return events
         except ProtocolError as exc:
-            self._broken = exc
+            self._broken = self._refuse = exc
             delivered = ProtocolError(*exc.args)
             delivered.events = tuple(events)
             raise delivered from None
@@ -584,20 +592,21 @@ class ClientConnection:
         if pending is not self._pending:
             raise ValueError("this is not the PendingFrame the connection is waiting for")
         self._pending = None
+        self._refuse = None
         queue, self._queue = self._queue, []
         framing_error, self._queued_error = self._queued_error, None
         events: list[Any] = []
         try:
             events.append(self._track(parse_bridge_message(pending._decoded())))
         except ProtocolError as exc:
-            self._broken = exc
+            self._broken = self._refuse = exc
             delivered = ProtocolError(*exc.args)
             raise delivered from None
         return self._receive(queue, framing_error, self._defer_over, events)
 
     def _receive(
         self,
-        payloads: Iterable[bytes],
+        payloads: Sequence[bytes],
         framing_error: ProtocolError | None,
         defer_over: int,
         events: list[Any],
@@ -606,12 +615,15 @@ class ClientConnection:
         decode = self._decode
         in_flight = self._in_flight
         append = events.append
-        rest: Iterator[bytes] = iter(payloads)
+        plain_max = min(defer_over, self._plain_max)
         try:
-            for payload in rest:
-                if len(payload) > defer_over:
-                    return self._defer(payload, rest, framing_error, defer_over, events)
-                msg = decode(payload)
+            for payload in payloads:
+                if len(payload) <= plain_max:
+                    msg = decode(payload)
+                elif len(payload) > defer_over:
+                    return self._defer(payload, payloads, framing_error, defer_over, events)
+                else:
+                    msg = self.codec.decode(payload)
                 # Fast path, the common case: a plain successful response to a request in
                 # flight. Anything else (or anything odd) takes the general path below, which
                 # checks everything and produces the errors.
@@ -631,7 +643,7 @@ class ClientConnection:
                 raise framing_error
             return events
         except ProtocolError as exc:
-            self._broken = exc
+            self._broken = self._refuse = exc
             delivered = ProtocolError(*exc.args)
             delivered.events = tuple(events)
             raise delivered from None
@@ -639,15 +651,20 @@ class ClientConnection:
     def _defer(
         self,
         payload: bytes,
-        rest: Iterator[bytes],
+        payloads: Sequence[bytes],
         framing_error: ProtocolError | None,
         defer_over: int,
         events: list[Any],
     ) -> list[Any]:
-        """End ``events`` with a PendingFrame for ``payload``; keep what comes after it."""
-        pending = PendingFrame(payload, self._decode)
+        """End ``events`` with a PendingFrame for ``payload``, one of ``payloads``; keep the
+        ones after it."""
+        pending = PendingFrame(payload, self.codec.decode)
         self._pending = pending
-        self._queue = list(rest)
+        self._refuse = RuntimeError("resume() the PendingFrame before feeding more data")
+        # The first payload that is this object: an earlier equal one would have been
+        # deferred itself (the same length), so this finds the right place.
+        after = next(i for i, item in enumerate(payloads) if item is payload) + 1
+        self._queue = list(payloads[after:])
         self._queued_error = framing_error
         self._defer_over = defer_over
         events.append(pending)
@@ -661,12 +678,13 @@ class ClientConnection:
         frames behind it, are dropped: their requests count as never answered.
         """
         self._pending = None
+        self._refuse = self._broken
         self._queue = []
         self._queued_error = None
         try:
             self._decoder.check_eof()
         except ProtocolError as exc:
-            self._broken = exc
+            self._broken = self._refuse = exc
             raise
         lost = list(self._in_flight)
         self._in_flight.clear()
