@@ -30,9 +30,11 @@ from ._common import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_TERMINATED,
     EXIT_USAGE,
     PROG,
     Style,
+    Terminated,
     UsageError,
     describe,
     dumps,
@@ -210,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(failure, KeyboardInterrupt):
             sys.stderr.write(f"\n{PROG}: interrupted\n")
             return EXIT_INTERRUPTED
+        if isinstance(failure, Terminated):
+            sys.stderr.write(f"{PROG}: terminated\n")
+            return EXIT_TERMINATED
         if isinstance(failure, BrokenPipeError):  # stdout closed early, e.g. `| head`
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())

@@ -20,10 +20,12 @@ __all__ = [
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_TERMINATED",
     "EXIT_USAGE",
     "PROG",
     "CliError",
     "Style",
+    "Terminated",
     "UsageError",
     "describe",
     "dist_version",
@@ -36,6 +38,7 @@ __all__ = [
 
 PROG = "snakepit-trio"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports it
 _T = TypeVar("_T")
 
 
@@ -142,9 +145,39 @@ def describe(exc: BaseException, *, debug: bool = False) -> str:
     return f"{type(exc).__name__}: {_first_line(str(exc))}".rstrip(": ")
 
 
+class Terminated(Exception):
+    """SIGTERM arrived (``docker stop``, systemd, ``timeout``): the pool was closed through
+    its ladder, as for Ctrl-C; the command exits 143."""
+
+
 def run_async(fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
-    """Run ``fn(*args)`` on trio (the command line's own event loop)."""
-    return anyio.run(fn, *args, backend="trio")
+    """Run ``fn(*args)`` on trio (the command line's own event loop). SIGTERM cancels it, so
+    that an open pool closes through its ladder, and raises ``Terminated``."""
+    import signal
+
+    terminated = False
+    results: list[_T] = []
+
+    async def main() -> None:
+        nonlocal terminated
+        async with anyio.create_task_group() as tg:
+
+            async def on_sigterm() -> None:
+                nonlocal terminated
+                with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        terminated = True
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(on_sigterm)
+            results.append(await fn(*args))
+            tg.cancel_scope.cancel()
+
+    anyio.run(main, backend="trio")
+    if terminated:
+        raise Terminated("terminated by SIGTERM")
+    return results[0]
 
 
 def ms(seconds: float) -> str:
