@@ -477,7 +477,15 @@ class Pool(metaclass=_NoPublicConstructor):
         if not isinstance(command, str) or not command:
             raise TypeError(f"command must be a non-empty str, not {command!r}")
         adapter = self.adapter
-        call_args: dict[str, Any] = {} if args is None else dict(args)
+        if args is None:
+            call_args: dict[str, Any] = {}
+        elif isinstance(args, Mapping):
+            call_args = dict(args)
+        else:
+            raise TypeError(
+                f"the arguments of {command!r} must be a mapping (a dict), not "
+                f"{type(args).__name__}"
+            )
         adapter.validate_command(command, call_args)
         call_args = adapter.prepare_args(command, call_args)
         prefer: Slot | None = None
@@ -588,12 +596,11 @@ class Pool(metaclass=_NoPublicConstructor):
         worker it was given to the next caller."""
         if worker is not None:
             self._slot_released(worker)
-        s = self._stats
-        s.requests += 1
-        s.errors += 1
-        s.timeouts += 1
+        # Nothing ran: a rejection, as a queue timeout is (stats, telemetry, the error).
+        self._stats.queue_timeouts += 1
+        self._reject(command, "queue_timeout", 0.0)
         after = "" if timeout is None else f" (timeout={timeout} s)"
-        raise WorkerTimeout(f"{command!r} was not sent: its deadline had passed{after}")
+        raise QueueTimeout(f"{command!r} was not sent: its deadline had passed{after}")
 
     async def _execute(
         self,

@@ -136,10 +136,10 @@ async def test_every_public_async_call_checkpoints_before_it_fails_fast() -> Non
                 TypeError,
             ),
             "execute: a NaN timeout": (lambda: pool.execute("ping", timeout=math.nan), ValueError),
-            "execute: timeout 0": (lambda: pool.execute("ping", timeout=0), sp.WorkerTimeout),
+            "execute: timeout 0": (lambda: pool.execute("ping", timeout=0), sp.QueueTimeout),
             "execute: a negative timeout": (
                 lambda: pool.execute("ping", timeout=-1.5),
-                sp.WorkerTimeout,
+                sp.QueueTimeout,
             ),
             "execute: the adapter's timeout hook raises": (
                 lambda: pool.execute("ping", {"hook_fails": True}),
@@ -172,7 +172,7 @@ async def test_every_public_async_call_checkpoints_before_it_fails_fast() -> Non
             ),
             "stream: timeout 0": (
                 lambda: enter(pool.stream("count_stream", timeout=0)),
-                sp.WorkerTimeout,
+                sp.QueueTimeout,
             ),
             "stream: a command the adapter refuses": (
                 lambda: enter(pool.stream("format_disk")),
@@ -180,7 +180,7 @@ async def test_every_public_async_call_checkpoints_before_it_fails_fast() -> Non
             ),
             "execute_stream: timeout 0": (
                 lambda: pool.execute_stream("count_stream", {}, print, timeout=0),
-                sp.WorkerTimeout,
+                sp.QueueTimeout,
             ),
             "execute_in_session_stream: a bad session id": (
                 lambda: pool.execute_in_session_stream("", "count_stream", {}, print),

@@ -68,13 +68,14 @@ async def test_a_timeout_that_is_not_a_number_is_a_type_error(bad: Any) -> None:
 async def test_an_expired_deadline_sends_nothing(expired: float) -> None:
     async with sp.open_pool(pool_adapter(), size=1, config=FAST) as pool:
         before = pool.workers()[0].total_requests
-        with pytest.raises(sp.WorkerTimeout, match="not sent"):
+        with pytest.raises(sp.QueueTimeout, match="not sent"):
             await pool.execute("echo", {"x": 1}, timeout=expired)
-        with pytest.raises(sp.WorkerTimeout, match="not sent"):
+        with pytest.raises(sp.QueueTimeout, match="not sent"):
             async with pool.stream("count_stream", {"count": 1}, timeout=expired):
                 pass  # pragma: no cover - never entered
         assert pool.workers()[0].total_requests == before  # the worker saw neither
-        assert pool.stats()["timeouts"] == 2
+        stats = pool.stats()  # rejections: nothing ran
+        assert (stats["queue_timeouts"], stats["requests"], stats["timeouts"]) == (2, 0, 0)
         assert (await pool.execute("ping"))["status"] == "ok"
 
 
@@ -316,3 +317,11 @@ async def test_worker_info_names_the_real_worker_behind_its_nanny() -> None:
     async with sp.open_pool(pool_adapter(), size=1, config=FAST) as pool:
         info = pool.workers()[0]
         assert info.worker_pid == info.pid == (await pool.execute("getpid"))["pid"]
+
+
+@pytest.mark.parametrize("args", [[1, 2], "text", 7, (("a", 1),)])
+async def test_arguments_that_are_not_a_mapping_are_a_clear_type_error(args: Any) -> None:
+    async with sp.open_pool(pool_adapter(), size=1, config=FAST) as pool:
+        with pytest.raises(TypeError, match="must be a mapping"):
+            await pool.execute("echo", args)
+        assert (await pool.execute("ping"))["status"] == "ok"
