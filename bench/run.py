@@ -530,7 +530,7 @@ def write_results(results: dict[str, Any], out: Path) -> list[Path]:
         try:
             render_plot(results, out / "latency_throughput.png")
         except ImportError as exc:
-            log(f"no plot: {exc} (pip install matplotlib, or snakepit-trio[bench])")
+            log(f"no plot: {exc} (pip install matplotlib, or pip install --group bench)")
         else:
             written.append(out / "latency_throughput.png")
     log("wrote " + ", ".join(str(path) for path in written))

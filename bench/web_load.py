@@ -4,7 +4,7 @@
     python bench/web_load.py --app quart_trio
     python bench/web_load.py --skip-shutdown # the load only
 
-Needs the web frameworks and httpx: ``pip install -e '.[test]'``.
+Needs the web frameworks and httpx: ``pip install --group test``.
 
 Starts ``examples/web/<app>_app.py`` on 127.0.0.1 (a free port, loopback only, access log off)
 and sends ``--requests`` POST /compute requests over ``--concurrency`` keep-alive connections

@@ -105,10 +105,12 @@ def test_stats_keys_are_documented() -> None:
     assert anyio.run(keys, backend="trio") <= documented
 
 
-def test_quick_start_has_the_two_commands() -> None:
+def test_quick_start_has_the_install_demo_and_test_commands() -> None:
     section = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     commands = re.findall(r"```bash\n(.*?)\n```", section, re.DOTALL)
     assert commands == [
+        "pip install snakepit-trio && snakepit-trio demo",
         "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/snakepit-trio demo",
-        "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/python -m pytest",
+        "python3 -m venv .venv && .venv/bin/pip install --upgrade pip && "
+        ".venv/bin/pip install -e '.[grpc]' --group test && .venv/bin/python -m pytest",
     ]

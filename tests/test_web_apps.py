@@ -72,7 +72,7 @@ class Server:
     def __init__(self, kind: str, tmp: Path, **settings: float) -> None:
         missing = [m for m in APPS[kind] if importlib.util.find_spec(m) is None]
         if missing:
-            pytest.skip(f"{kind} example needs {', '.join(missing)} (pip install -e '.[test]')")
+            pytest.skip(f"{kind} example needs {', '.join(missing)} (pip install --group test)")
         self.kind = kind
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

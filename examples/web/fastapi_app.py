@@ -1,6 +1,6 @@
 """A FastAPI app on uvicorn (asyncio) whose endpoints run commands on a snakepit-trio pool.
 
-    pip install fastapi uvicorn          # or: pip install -e '.[test]'
+    pip install fastapi uvicorn          # or: pip install --group test
     python examples/web/fastapi_app.py --port 8000
     # or with uvicorn's own CLI (settings from SNAKEPIT_WEB_* variables, see Settings):
     uvicorn --app-dir examples/web fastapi_app:app --port 8000 --timeout-graceful-shutdown 5

@@ -1,6 +1,6 @@
 """A Quart-Trio app on Hypercorn's trio worker whose endpoints run commands on a snakepit-trio pool.
 
-    pip install quart-trio hypercorn     # or: pip install -e '.[test]'
+    pip install quart-trio hypercorn     # or: pip install --group test
     python examples/web/quart_trio_app.py --port 8000
     # or with Hypercorn's own CLI (settings from SNAKEPIT_WEB_* variables, see Settings):
     hypercorn --worker-class trio --bind 127.0.0.1:8000 examples/web/quart_trio_app:app

@@ -37,6 +37,8 @@ from snakepit_bridge.protocol.messages import (  # noqa: E402
 )
 
 VECTORS_FILE = ROOT / "tests" / "vectors" / "messages.json"
+# The Node bridge's tests read their own copy (a published package reads nothing outside it).
+NODE_COPY = ROOT / "bridges" / "node" / "test" / "vectors" / "messages.json"
 DOCS_FILE = ROOT / "docs" / "protocol.md"
 DOCS_HEADING = "## 8. Golden frames"
 
@@ -244,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     wanted = {
         VECTORS_FILE: render_json(vectors),
+        NODE_COPY: render_json(vectors),
         DOCS_FILE: docs_with_section(
             DOCS_FILE.read_text(encoding="utf-8"), render_markdown(vectors)
         ),
