@@ -22,6 +22,7 @@ thread ends with the pool's last worker, so nothing is left behind.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -518,6 +519,12 @@ class GrpcPythonAdapter(PythonAdapter):
     ) -> None:
         if listen not in ("unix", "tcp"):
             raise ValueError(f"listen must be 'unix' or 'tcp', not {listen!r}")
+        missing = [m for m in ("grpclib", "betterproto2") if importlib.util.find_spec(m) is None]
+        if missing:  # say so now, not as a worker's internal error at open_pool
+            raise ImportError(
+                f"GrpcPythonAdapter needs {' and '.join(missing)}: "
+                "pip install 'snakepit-trio[grpc]' (or, in a checkout, pip install -e '.[grpc]')"
+            )
         super().__init__(
             handler,
             python=python,

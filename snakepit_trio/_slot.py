@@ -643,7 +643,9 @@ class Slot:
             self._stop_reason = reason or "stopped"
         self.owner.slot_unavailable(self)
         planned = self.owner.closing or self._stop_graceful
-        step = await transport.close(planned=planned)
+        # A worker that never became ready has nothing to finish gracefully (it may still be
+        # building its handler): straight to SIGTERM, not a wait of shutdown_grace.
+        step = await transport.close(planned=planned and self.ready_at > 0)
         crashed = not planned
         failure = self._failure_for_calls(transport)
         for call in list(self._calls.values()):

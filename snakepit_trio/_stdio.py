@@ -450,7 +450,7 @@ def _read_available(fd: int, limit: int = 200) -> bytes:
 def _not_a_frame(data: bytes) -> str:
     """The error for a worker whose first output is not a protocol frame."""
     return (
-        "the worker wrote something on stdout that is not a protocol frame: "
+        "the worker wrote something on stdout that is not a response frame: "
         f"{bytes(data[:80])!r}; a worker must speak the wire protocol on stdout "
         "(docs/protocol.md) and write its diagnostics to stderr"
     )

@@ -90,3 +90,32 @@ async def test_a_timeout_too_big_for_a_float_is_a_value_error(huge: Any) -> None
         with pytest.raises(ValueError, match="timeout"):
             async with pool.stream("ping_stream", {"count": 1}, timeout=huge):
                 pass  # pragma: no cover - never entered
+
+
+async def test_closing_while_a_worker_builds_its_handler_does_not_wait_shutdown_grace() -> None:
+    adapter = sp.PythonAdapter(
+        "lead_handlers:SlowStartHandler", env={"PYTHONPATH": HANDLERS, "SLOW_START": "30"}
+    )
+    config = sp.PoolConfig(shutdown_grace=6.0, kill_grace=2.0)
+    start = anyio.current_time()
+    with anyio.move_on_after(0.5) as scope:
+        async with sp.open_pool(adapter, size=1, config=config):
+            pass  # pragma: no cover - never ready in time
+    assert scope.cancelled_caught
+    # Straight to SIGTERM (the bridge exits on it), not the graceful step's 6 s wait.
+    assert anyio.current_time() - start < 4.0
+
+
+def test_a_grpc_adapter_without_the_grpc_extra_says_so_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def without_grpclib(name: str, *args: Any) -> Any:
+        return None if name == "grpclib" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_grpclib)
+    with pytest.raises(ImportError, match=r"snakepit-trio\[grpc\]"):
+        sp.GrpcPythonAdapter()

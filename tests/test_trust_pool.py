@@ -277,7 +277,7 @@ async def test_a_handler_slower_than_worker_init_timeout_names_the_phase() -> No
 async def test_a_program_that_writes_text_on_stdout_is_told_so() -> None:
     for wire in ("auto", "json"):
         adapter = sp.Adapter("/bin/echo", script_args=("hello",), wire=wire)
-        with pytest.raises(sp.StartupError, match="not a protocol frame") as caught:
+        with pytest.raises(sp.StartupError, match="not a response frame") as caught:
             async with sp.open_pool(adapter, size=1, config=sp.PoolConfig(max_restarts=1)):
                 pass  # pragma: no cover - never entered
         assert "hello" in str(caught.value)

@@ -28,7 +28,7 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
         return EXIT_OK
     rows: list[list[object]] = [["pid", "run id", "killed", "command line"]]
     for o in orphans:
-        rows.append([o.pid, o.run_id, "yes" if o.killed else "no", o.cmdline[:80]])
+        rows.append([o.pid, o.run_id, "yes" if o.killed else "no", o.cmdline])
     for text in table(rows, indent="  "):
         print(text)
     if ns.kill:

@@ -33,7 +33,7 @@ START_FAULTS = [
     ("exit", "start", "fault 'exit' now"),
     ("mute", "start", "did not finish within worker_init_timeout=1.0 s"),
     ("half_frame_exit", "negotiation", "exited during protocol negotiation"),
-    ("garbage", "negotiation", "not a protocol frame: b'stray print from a handler"),
+    ("garbage", "negotiation", "not a response frame: b'stray print from a handler"),
     ("bad_payload", "negotiation", "unreadable negotiation reply"),
 ]
 
