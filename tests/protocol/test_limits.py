@@ -24,7 +24,7 @@ from snakepit_bridge.protocol.codecs import (
     _few_items,
 )
 
-from .strategies import assert_same, json_values, msgpack_values
+from .strategies import _containers, assert_same, json_values, msgpack_scalars, msgpack_values
 
 MIB = 1024 * 1024
 codec_names = pytest.mark.parametrize("name", ["json", "msgpack"])
@@ -83,7 +83,7 @@ def test_megabytes_of_empty_msgpack_arrays_are_refused(mib: int) -> None:
     # (64 MiB) of pool memory. It is refused once it passes max_containers.
     count = mib * MIB - 5
     payload = array32(count) + b"\x90" * count
-    with pytest.raises(ProtocolError, match="more than 1048576 maps and arrays"):
+    with pytest.raises(ProtocolError, match="more than 1048576 maps, arrays and ext values"):
         MSGPACK.decode(payload)
 
 
@@ -131,8 +131,24 @@ def test_max_containers_is_exact_on_every_path(name: str, kind: str, limit: int,
             if count <= limit:
                 assert_same(codec.decode(payload), value)
             else:
-                with pytest.raises(ProtocolError, match=f"more than {limit} maps and arrays"):
+                with pytest.raises(ProtocolError, match=f"more than {limit} maps"):
                     codec.decode(payload)
+
+
+@pytest.mark.parametrize("step", [2, 64, 1 << 20])
+def test_msgpack_ext_values_count_like_containers(step: int) -> None:
+    # An ext value is a tuple the garbage collector tracks, built by Python code: a flood of
+    # 3-byte fixext values costs more time than empty arrays do, so it counts the same.
+    def payload(count: int) -> bytes:
+        return b"\xdd" + count.to_bytes(4, "big") + b"\xd4\x05\x01" * count
+
+    for codec in (get_codec("msgpack", 100), checked("msgpack", 100, step)):
+        assert codec.decode(payload(99)) == [msgpack.ExtType(5, b"\x01")] * 99
+        with pytest.raises(ProtocolError, match="more than 100 maps, arrays and ext values"):
+            codec.decode(payload(100))
+    # Timestamps (ext type -1) are decoded by msgpack itself, into small objects.
+    stamps = MSGPACK.encode([msgpack.Timestamp(1, 2)] * 500)
+    assert get_codec("msgpack", 100).decode(stamps) == [msgpack.Timestamp(1, 2)] * 500
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, None])
@@ -220,8 +236,14 @@ def test_checked_json_decodes_what_the_plain_decoder_decodes(value: Any, step: i
     assert_same(checked("json", step=step).decode(payload), JSON.decode(payload))
 
 
+ext_values = st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=20)) | st.builds(
+    msgpack.Timestamp, st.integers(-(2**34), 2**34), st.integers(0, 999_999_999)
+)
+msgpack_values_with_ext = st.recursive(msgpack_scalars | ext_values, _containers, max_leaves=20)
+
+
 @settings(max_examples=300, deadline=None)
-@given(value=msgpack_values, step=st.sampled_from([1, 2, 5, 16, 64, 4096]))
+@given(value=msgpack_values_with_ext, step=st.sampled_from([1, 2, 5, 16, 64, 4096]))
 def test_checked_msgpack_decodes_what_unpackb_decodes(value: Any, step: int) -> None:
     payload = MSGPACK.encode(value)
     assert_same(checked("msgpack", step=step).decode(payload), MSGPACK.decode(payload))

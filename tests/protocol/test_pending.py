@@ -165,7 +165,7 @@ def test_a_big_frame_comes_back_pending_and_the_frames_behind_it_wait() -> None:
     conn = ClientConnection(MSGPACK)
     for i in (1, 2, 3):
         conn.start_request(i, stream=False)
-    big = frame(MSGPACK, {"id": 2, "success": True, "result": "x" * 5000})
+    big = frame(MSGPACK, {"id": 2, "success": True, "result": ["x"] * 5000})
     small = [frame(MSGPACK, {"id": i, "success": True, "result": i}) for i in (1, 3)]
     events = conn.receive_data(small[0] + big + small[1], defer_over=1000)
     assert events[0] == Response(1, True, 1)
@@ -177,9 +177,21 @@ def test_a_big_frame_comes_back_pending_and_the_frames_behind_it_wait() -> None:
     with pytest.raises(RuntimeError, match="resume"):
         conn.receive_data(b"")
     pending.decode()
-    assert conn.resume(pending) == [Response(2, True, "x" * 5000), Response(3, True, 3)]
+    assert conn.resume(pending) == [Response(2, True, ["x"] * 5000), Response(3, True, 3)]
     assert conn.in_flight == frozenset()
     assert conn.receive_data(b"", defer_over=1000) == []
+
+
+def test_a_big_frame_of_few_items_is_decoded_at_once() -> None:
+    # One big bin decodes about as fast as it is copied: a thread would only add its hop.
+    conn = ClientConnection(MSGPACK)
+    conn.start_request(1, stream=False)
+    big = frame(MSGPACK, {"id": 1, "success": True, "result": b"x" * 100_000, "timestamp": TS})
+    assert MSGPACK.decodes_quickly(big[4:])
+    assert conn.receive_data(big, defer_over=1000) == [
+        Response(1, True, b"x" * 100_000, timestamp=TS)
+    ]
+    assert not JSON.decodes_quickly(b'"' + b"x" * 100_000 + b'"')
 
 
 def test_without_defer_over_nothing_is_pending() -> None:
@@ -258,7 +270,7 @@ def test_eof_while_a_frame_is_pending_loses_its_request() -> None:
     conn = ClientConnection(MSGPACK)
     conn.start_request(1, stream=False)
     conn.start_request(2, stream=False)
-    data = frame(MSGPACK, {"id": 1, "success": True, "result": "z" * 99})
+    data = frame(MSGPACK, {"id": 1, "success": True, "result": ["z"] * 99})
     (pending,) = conn.receive_data(data, defer_over=10)
     assert isinstance(pending, PendingFrame)
     assert sorted(conn.receive_eof()) == [1, 2]
@@ -408,7 +420,7 @@ async def test_a_real_bridge_refuses_a_hostile_request_and_answers_big_off_the_l
     # The root map, "args", "x" and 2**20 arrays: over the bridge's limit, refused unbuilt.
     assert refused.id == 1 and not refused.success
     assert refused.error_type == "ProtocolError"
-    assert "more than 1048576 maps and arrays" in refused.error
+    assert "more than 1048576 maps, arrays and ext values" in refused.error
     assert echoed.id == 2 and echoed.success
     assert echoed.result["echoed"] == {"rows": rows}
     assert deferred == 1

@@ -85,6 +85,12 @@ class Codec:
         at hand already, such as ``ClientConnection``)."""
         return self.decode, 1 << 63
 
+    def decodes_quickly(self, payload: bytes) -> bool:
+        """True when decoding ``payload``, however long, costs about a copy of it, so that
+        moving it to a thread would cost more than it saves (a MessagePack value of a few
+        items, such as a response whose result is one big bin)."""
+        return False
+
 
 def _check_limit(max_containers: int) -> int:
     if type(max_containers) is not int or max_containers < 1:
@@ -93,8 +99,9 @@ def _check_limit(max_containers: int) -> int:
 
 
 def _too_many(codec: str, max_containers: int) -> ProtocolError:
+    what = "maps, arrays and ext values" if codec == "MessagePack" else "maps and arrays"
     return ProtocolError(
-        f"{codec} payload holds more than {max_containers} maps and arrays "
+        f"{codec} payload holds more than {max_containers} {what} "
         "(the limit per frame, max_containers)"
     )
 
@@ -506,9 +513,11 @@ def _msgpack_error(exc: Exception) -> ProtocolError:
     return ProtocolError(f"invalid MessagePack payload: {exc!r}")
 
 
-def _counter(max_containers: int) -> Callable[[Any], Any]:
-    """An unpacker hook that counts the maps and arrays it is given and returns them as they
-    are, raising once there are more than ``max_containers``."""
+def _counters(max_containers: int) -> tuple[Callable[[Any], Any], Callable[[int, bytes], Any]]:
+    """Unpacker hooks that count the maps, arrays and ext values the unpacker builds, raising
+    once there are more than ``max_containers``: one for maps and arrays (returned as they
+    are), one for ext values (made into ``ExtType``, as without a hook). An ext value costs
+    about what a small map does (a tuple the garbage collector tracks, built by Python code)."""
     count = 0
 
     def counted(value: Any) -> Any:
@@ -518,7 +527,10 @@ def _counter(max_containers: int) -> Callable[[Any], Any]:
             raise _too_many("MessagePack", max_containers)
         return value
 
-    return counted
+    def counted_ext(code: int, data: bytes) -> Any:
+        return counted(msgpack.ExtType(code, data))
+
+    return counted, counted_ext
 
 
 class MsgpackCodec(Codec):
@@ -564,6 +576,9 @@ class MsgpackCodec(Codec):
         except Exception as exc:
             raise _msgpack_error(exc) from None
 
+    def decodes_quickly(self, payload: bytes) -> bool:
+        return _few_items(payload, self._few)
+
     def _decode_big(self, payload: bytes) -> Any:
         try:
             if _few_items(payload, self._few):  # say a response whose result is one big bin
@@ -580,7 +595,7 @@ class MsgpackCodec(Codec):
         where another thread can take the GIL.
         """
         size = len(payload)
-        counted = _counter(self.max_containers)
+        counted, counted_ext = _counters(self.max_containers)
         unpacker = msgpack.Unpacker(
             raw=False,
             strict_map_key=False,
@@ -588,6 +603,7 @@ class MsgpackCodec(Codec):
             max_buffer_size=size,  # and so at most size elements, as unpackb allows
             list_hook=counted,
             object_hook=counted,
+            ext_hook=counted_ext,
         )
         step = self._slice
         with memoryview(payload) as view:

@@ -532,7 +532,9 @@ class ClientConnection:
         ``defer_over``: the first payload longer than this many bytes is not decoded here but
         returned as a :class:`PendingFrame`, always the last item of the list; everything the
         same bytes completed after it waits in the connection (and so does any error they
-        hold). Call :meth:`resume` with it before feeding more data.
+        hold). Call :meth:`resume` with it before feeding more data. A payload the codec
+        decodes about as fast as it copies it (``Codec.decodes_quickly``: MessagePack of a few
+        items, such as one big bin) is decoded here whatever its size.
         """
         if self._refuse is not None:
             raise self._refuse
@@ -555,7 +557,7 @@ class ClientConnection:
             for payload in payloads:
                 if len(payload) <= plain_max:
                     msg = decode(payload)
-                elif len(payload) > defer_over:
+                elif len(payload) > defer_over and not self.codec.decodes_quickly(payload):
                     return self._defer(payload, payloads, framing_error, defer_over, events)
                 else:
                     msg = self.codec.decode(payload)
@@ -620,7 +622,7 @@ class ClientConnection:
             for payload in payloads:
                 if len(payload) <= plain_max:
                     msg = decode(payload)
-                elif len(payload) > defer_over:
+                elif len(payload) > defer_over and not self.codec.decodes_quickly(payload):
                     return self._defer(payload, payloads, framing_error, defer_over, events)
                 else:
                     msg = self.codec.decode(payload)
