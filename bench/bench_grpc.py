@@ -2,8 +2,8 @@
 
     python bench/bench_grpc.py [--calls 2000] [--chunks 20000] [--rounds 3] [--listen unix]
 
-Every contender talks to the same worker server (``python -m snakepit_bridge --transport grpc``
-with ``snakepit_bridge.testing:TestingHandler``) and runs the same two workloads:
+Every contender talks to the same worker server (``python -m snakepit_trio_bridge --transport grpc``
+with ``snakepit_trio_bridge.testing:TestingHandler``) and runs the same two workloads:
 
 - unary: ``echo {"x": 1}`` called back to back by one caller (latency per call);
 - stream: ``count_stream`` of ``--chunks`` chunks read to the end (chunks per second).
@@ -34,15 +34,15 @@ import anyio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bridges" / "python"))
 
-from snakepit_bridge._grpc_generated.snakepit.v1 import (  # noqa: E402
+from snakepit_trio_bridge._grpc_generated.snakepit.v1 import (  # noqa: E402
     ExecuteRequest,
     SnakepitBridgeStub,
 )
-from snakepit_bridge.grpc_wire import SizeLimitedCodec, pack, unpack  # noqa: E402
+from snakepit_trio_bridge.grpc_wire import SizeLimitedCodec, pack, unpack  # noqa: E402
 
 import snakepit_trio as sp  # noqa: E402
 
-HANDLER = "snakepit_bridge.testing:TestingHandler"
+HANDLER = "snakepit_trio_bridge.testing:TestingHandler"
 ECHO_ARGS = {"x": 1}
 
 
@@ -83,7 +83,7 @@ def native_grpclib(options: Options) -> Sample:
     )
     env["SNAKEPIT_GRPC_TOKEN"] = token
     metadata = [("authorization", f"Bearer {token}")]
-    argv = [sys.executable, "-m", "snakepit_bridge", "--transport", "grpc"]
+    argv = [sys.executable, "-m", "snakepit_trio_bridge", "--transport", "grpc"]
     proc = subprocess.Popen(
         [*argv, "--listen", options.listen, "--handler", HANDLER],
         stdin=subprocess.PIPE,

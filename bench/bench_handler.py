@@ -1,7 +1,7 @@
 """The bridge handler the benchmark runs in snakepit-trio workers.
 
 Started as ``PythonAdapter(handler="bench_handler:BenchHandler")`` with ``bench/`` on the
-worker's PYTHONPATH. Imports only ``snakepit_bridge`` (no trio, no anyio) so that workers start
+worker's PYTHONPATH. Imports only ``snakepit_trio_bridge`` (no trio, no anyio) so that workers start
 as fast as the generic ones.
 """
 
@@ -11,8 +11,8 @@ import time
 from collections.abc import Generator
 from typing import Any
 
-from snakepit_bridge import current_context
-from snakepit_bridge.generic import GenericCommandHandler
+from snakepit_trio_bridge import current_context
+from snakepit_trio_bridge.generic import GenericCommandHandler
 
 _TICK = 0.005
 

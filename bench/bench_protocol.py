@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bridges" / "python"))
 
 import msgpack  # noqa: E402
-from snakepit_bridge.protocol import JSON, MSGPACK, Codec, FrameDecoder, encode_frame  # noqa: E402
-from snakepit_bridge.protocol.messages import ClientConnection, Response  # noqa: E402
+from snakepit_trio_bridge.protocol import JSON, MSGPACK, Codec, FrameDecoder, encode_frame  # noqa: E402
+from snakepit_trio_bridge.protocol.messages import ClientConnection, Response  # noqa: E402
 
 CHUNK = 64 * 1024
 MIB = 1024 * 1024

@@ -213,9 +213,9 @@ def run_startup(plan: Plan) -> dict[str, Any]:
     log("(5) start-up: 8 workers concurrently vs one after another; one worker vs python")
     # A wheel install compiles the bridge's bytecode; an editable checkout under
     # PYTHONDONTWRITEBYTECODE=1 never keeps it, and every worker would compile it again.
-    import snakepit_bridge
+    import snakepit_trio_bridge
 
-    compileall.compile_dir(Path(snakepit_bridge.__file__).parent, quiet=1)
+    compileall.compile_dir(Path(snakepit_trio_bridge.__file__).parent, quiet=1)
     reps = plan.startup_reps
     python_pass = _python_wall("pass", reps + 2)
     python_msgpack = _python_wall("import msgpack", reps + 2)

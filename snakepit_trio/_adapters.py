@@ -17,8 +17,8 @@ from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-import snakepit_bridge
-from snakepit_bridge import BaseCommandHandler
+import snakepit_trio_bridge
+from snakepit_trio_bridge import BaseCommandHandler
 
 from ._errors import UnsupportedCommand
 
@@ -157,9 +157,9 @@ class Adapter:
         return None
 
 
-_BRIDGE_MAIN = "from snakepit_bridge.__main__ import main; main()"
+_BRIDGE_MAIN = "from snakepit_trio_bridge.__main__ import main; main()"
 # The same, for a bridge that sits among other packages (a wheel in site-packages) and a worker
-# that does not share them: a finder that imports only snakepit_bridge from that directory, so
+# that does not share them: a finder that imports only snakepit_trio_bridge from that directory, so
 # none of its neighbours reach the worker's import path.
 _BRIDGE_BY_PATH = (
     "import sys\n"
@@ -167,7 +167,7 @@ _BRIDGE_BY_PATH = (
     "class BridgeFinder:\n"
     "    @staticmethod\n"
     "    def find_spec(name, path=None, target=None):\n"
-    "        if name == 'snakepit_bridge':\n"
+    "        if name == 'snakepit_trio_bridge':\n"
     "            return PathFinder.find_spec(name, [{root!r}])\n"
     "sys.meta_path.insert(0, BridgeFinder)\n" + _BRIDGE_MAIN
 )
@@ -251,7 +251,7 @@ def _is_this_interpreter(python: str) -> bool:
 
 @functools.lru_cache(maxsize=8)
 def _holds_only_the_bridge(directory: str) -> bool:
-    """Whether ``snakepit_bridge`` is the only thing importable from ``directory`` (a checkout's
+    """Whether ``snakepit_trio_bridge`` is the only thing importable from ``directory`` (a checkout's
     bridges/python, an editable install), so it can go on a worker's PYTHONPATH as it is."""
     suffixes = tuple(importlib.machinery.all_suffixes())
     try:
@@ -259,7 +259,7 @@ def _holds_only_the_bridge(directory: str) -> bool:
     except OSError:
         return False
     for name in names:
-        if name in ("snakepit_bridge", "__pycache__") or name.startswith("."):
+        if name in ("snakepit_trio_bridge", "__pycache__") or name.startswith("."):
             continue
         path = os.path.join(directory, name)
         if os.path.isdir(path):
@@ -272,13 +272,13 @@ def _holds_only_the_bridge(directory: str) -> bool:
 
 
 def _bridge_launch(python: str) -> tuple[str, str | None]:
-    """How a worker on ``python`` imports this process's ``snakepit_bridge``: the ``-c``
+    """How a worker on ``python`` imports this process's ``snakepit_trio_bridge``: the ``-c``
     program, and the directory to put on its PYTHONPATH (None: nothing).
 
     Never a directory with other packages: a worker on another interpreter would import the
     pool's compiled packages, ahead of its own (issue 14).
     """
-    root = str(Path(snakepit_bridge.__file__).resolve().parent.parent)
+    root = str(Path(snakepit_trio_bridge.__file__).resolve().parent.parent)
     if _is_this_interpreter(python) and os.path.realpath(root) in _site_directories():
         return _BRIDGE_MAIN, None  # installed here: the worker finds it where we did
     if _holds_only_the_bridge(root):
@@ -318,7 +318,7 @@ def _module_root(module_name: str) -> str | None:
 def _handler_from_class(cls: type) -> tuple[str, str | None]:
     """``module:qualname`` of a handler class, and the folder a worker imports it from."""
     if not issubclass(cls, BaseCommandHandler):
-        raise TypeError(f"{cls!r} is not a subclass of snakepit_bridge.BaseCommandHandler")
+        raise TypeError(f"{cls!r} is not a subclass of snakepit_trio_bridge.BaseCommandHandler")
     module, qualname = cls.__module__, cls.__qualname__
     spec = f"{module}:{qualname}"
     if "<locals>" in qualname:
@@ -382,7 +382,7 @@ def _handler_spec(handler: object) -> tuple[str, str | None]:
 
 
 class PythonAdapter(Adapter):
-    """Our Python bridge (what ``python -m snakepit_bridge`` runs).
+    """Our Python bridge (what ``python -m snakepit_trio_bridge`` runs).
 
     ``handler`` is a ``BaseCommandHandler`` subclass, named ``"package.module:HandlerClass"``
     or ``"path/to/file.py:HandlerClass"`` (its folder goes on the worker's PYTHONPATH), or
@@ -395,7 +395,7 @@ class PythonAdapter(Adapter):
     and nothing else of this environment; its own packages (msgpack: without it the wire is
     JSON, and a handler's installed dependencies) are whatever that interpreter has.
 
-    ``enhanced=True`` runs ``snakepit_bridge.enhanced:EnhancedCommandHandler`` instead: its
+    ``enhanced=True`` runs ``snakepit_trio_bridge.enhanced:EnhancedCommandHandler`` instead: its
     ``call`` and ``pipeline`` commands import and call any Python code the caller names, so
     anyone who can send commands to the pool can run arbitrary code with the worker's rights.
     Use it only with trusted callers (docs/enhanced-bridge.md). It excludes ``handler``: to
@@ -404,7 +404,7 @@ class PythonAdapter(Adapter):
 
     speaks_extensions = True
     #: The handler that ``enhanced=True`` selects.
-    ENHANCED_HANDLER = "snakepit_bridge.enhanced:EnhancedCommandHandler"
+    ENHANCED_HANDLER = "snakepit_trio_bridge.enhanced:EnhancedCommandHandler"
 
     def __init__(
         self,
@@ -435,7 +435,7 @@ class PythonAdapter(Adapter):
             if handler is not None:
                 raise ValueError(
                     "pass either enhanced=True or handler=, not both: to extend the enhanced "
-                    "handler, subclass snakepit_bridge.enhanced.EnhancedCommandHandler and "
+                    "handler, subclass snakepit_trio_bridge.enhanced.EnhancedCommandHandler and "
                     "pass it as handler='package.module:YourHandler'"
                 )
             spec = self.ENHANCED_HANDLER
@@ -443,7 +443,7 @@ class PythonAdapter(Adapter):
             spec, handler_dir = _handler_spec(handler)
         label = "enhanced" if enhanced else spec or "generic"
         program, bridge_dir = _bridge_launch(python)
-        # Not ``-m snakepit_bridge``: runpy and what it imports cost ~3 ms per worker start.
+        # Not ``-m snakepit_trio_bridge``: runpy and what it imports cost ~3 ms per worker start.
         args = ["-c", program, "--mode", "pool-worker", "--protocol", "auto"]
         if spec is not None:
             args += ["--handler", spec]
@@ -479,7 +479,7 @@ class PythonAdapter(Adapter):
 
 def node_bridge_path() -> Path:
     """Where the Node bridge script is: inside the installed package, or in a checkout."""
-    package_dir = Path(snakepit_bridge.__file__).resolve().parent
+    package_dir = Path(snakepit_trio_bridge.__file__).resolve().parent
     candidates = [
         package_dir / "node" / "snakepit_bridge.js",
         package_dir.parent.parent / "node" / "snakepit_bridge.js",

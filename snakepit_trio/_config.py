@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeAlias
 
 import attrs
-from snakepit_bridge.protocol.framing import DEFAULT_MAX_FRAME_SIZE
+from snakepit_trio_bridge.protocol.framing import DEFAULT_MAX_FRAME_SIZE
 
 __all__ = [
     "MAX_FRAME_SIZE",

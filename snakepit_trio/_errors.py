@@ -5,7 +5,7 @@ from __future__ import annotations
 import re as _re
 import signal as _signal
 
-from snakepit_bridge.protocol.framing import ProtocolError as _WireProtocolError
+from snakepit_trio_bridge.protocol.framing import ProtocolError as _WireProtocolError
 
 __all__ = [
     "CommandError",

@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import anyio
 import anyio.abc
-from snakepit_bridge.protocol import codecs, constants
-from snakepit_bridge.protocol.framing import ProtocolError as WireProtocolError
-from snakepit_bridge.protocol.messages import Response
+from snakepit_trio_bridge.protocol import codecs, constants
+from snakepit_trio_bridge.protocol.framing import ProtocolError as WireProtocolError
+from snakepit_trio_bridge.protocol.messages import Response
 
 from ._adapters import PythonAdapter
 from ._backend import read_some
@@ -246,7 +246,7 @@ class GrpcTransport(LocalProcessTransport):
         return self._codec
 
     def _environment(self) -> dict[str, str]:
-        from snakepit_bridge.grpc_wire import (
+        from snakepit_trio_bridge.grpc_wire import (
             ENV_CANCEL_GRACE,
             ENV_MAX_MESSAGE_SIZE,
             ENV_TOKEN,
@@ -496,7 +496,7 @@ def _cancel_task(remote: _Remote) -> None:
 
 
 class GrpcPythonAdapter(PythonAdapter):
-    """Our Python bridge over gRPC (``python -m snakepit_bridge --transport grpc``).
+    """Our Python bridge over gRPC (``python -m snakepit_trio_bridge --transport grpc``).
 
     ``handler`` is ``"package.module:HandlerClass"`` as for ``PythonAdapter`` (None: the
     built-in generic commands). ``listen="unix"`` (the default) serves on a Unix socket in a

@@ -26,14 +26,14 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError
 from grpclib.protocol import H2Protocol
-from snakepit_bridge._grpc_generated.snakepit.v1 import (
+from snakepit_trio_bridge._grpc_generated.snakepit.v1 import (
     ExecuteReply,
     ExecuteRequest,
     InfoReply,
     InfoRequest,
     StreamReply,
 )
-from snakepit_bridge.grpc_wire import (
+from snakepit_trio_bridge.grpc_wire import (
     CHALLENGE_KEY,
     EXECUTE,
     EXECUTE_STREAM,
@@ -44,8 +44,8 @@ from snakepit_bridge.grpc_wire import (
     proof,
     token_metadata,
 )
-from snakepit_bridge.protocol import codecs
-from snakepit_bridge.protocol.messages import Response
+from snakepit_trio_bridge.protocol import codecs
+from snakepit_trio_bridge.protocol.messages import Response
 
 __all__ = ["BadReply", "Client", "GRPCError", "RequestCodec", "StreamWindow", "to_response"]
 

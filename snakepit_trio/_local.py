@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 import anyio
-from snakepit_bridge.protocol import constants
+from snakepit_trio_bridge.protocol import constants
 
 from ._backend import read_some
 from ._process import WorkerProcess, read_rss, spawn_worker
@@ -222,7 +222,7 @@ def _stderr_hint(worker_id: int, pid: int, data: bytes) -> None:
 def _nanny_argv(grace: float, kill_grace: float) -> list[str]:
     """Start the nanny by file path with ``-I -S``: no site, no environment, standard library
     only, so it starts fast and whatever PYTHONPATH the worker needs does not affect it."""
-    import snakepit_bridge.nanny as nanny
+    import snakepit_trio_bridge.nanny as nanny
 
     return [
         sys.executable,

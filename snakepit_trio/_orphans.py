@@ -30,7 +30,7 @@ import time
 
 import anyio
 import attrs
-from snakepit_bridge.protocol.constants import ENV_RUN_ID, ENV_WORKER_ID
+from snakepit_trio_bridge.protocol.constants import ENV_RUN_ID, ENV_WORKER_ID
 
 __all__ = [
     "OrphanInfo",

@@ -28,9 +28,9 @@ from typing import Any, Final, NoReturn, TypeVar, cast, final
 import anyio
 import anyio.abc
 import anyio.lowlevel
-from snakepit_bridge.protocol import codecs, constants
-from snakepit_bridge.protocol.framing import HEADER_SIZE, encode_frame
-from snakepit_bridge.protocol.framing import ProtocolError as WireProtocolError
+from snakepit_trio_bridge.protocol import codecs, constants
+from snakepit_trio_bridge.protocol.framing import HEADER_SIZE, encode_frame
+from snakepit_trio_bridge.protocol.framing import ProtocolError as WireProtocolError
 
 from . import _telemetry as tm
 from ._adapters import Adapter

@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import anyio
-from snakepit_bridge.protocol.constants import ENV_CHILD_PID_FD, ENV_LIFELINE_FD
+from snakepit_trio_bridge.protocol.constants import ENV_CHILD_PID_FD, ENV_LIFELINE_FD
 
 __all__ = ["WorkerProcess", "read_rss", "spawn_worker"]
 

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeAlias
 import anyio
 import anyio.abc
 import attrs
-from snakepit_bridge.protocol import codecs, constants
-from snakepit_bridge.protocol.framing import ProtocolError as WireProtocolError
-from snakepit_bridge.protocol.messages import Response, StreamChunk
+from snakepit_trio_bridge.protocol import codecs, constants
+from snakepit_trio_bridge.protocol.framing import ProtocolError as WireProtocolError
+from snakepit_trio_bridge.protocol.messages import Response, StreamChunk
 
 from . import _telemetry as tm
 from ._errors import ProtocolError, SnakepitError, StartupError, WorkerCrashed

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.abc
-from snakepit_bridge.protocol import codecs, constants
-from snakepit_bridge.protocol.framing import ProtocolError as WireProtocolError
-from snakepit_bridge.protocol.framing import encode_frame
-from snakepit_bridge.protocol.messages import (
+from snakepit_trio_bridge.protocol import codecs, constants
+from snakepit_trio_bridge.protocol.framing import ProtocolError as WireProtocolError
+from snakepit_trio_bridge.protocol.framing import encode_frame
+from snakepit_trio_bridge.protocol.messages import (
     ClientConnection,
     PendingFrame,
     ProtocolNegotiation,

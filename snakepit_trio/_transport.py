@@ -17,10 +17,10 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
-from snakepit_bridge.protocol import codecs, constants
-from snakepit_bridge.protocol.framing import ProtocolError as WireProtocolError
-from snakepit_bridge.protocol.framing import encode_frame
-from snakepit_bridge.protocol.messages import Response, StreamChunk
+from snakepit_trio_bridge.protocol import codecs, constants
+from snakepit_trio_bridge.protocol.framing import ProtocolError as WireProtocolError
+from snakepit_trio_bridge.protocol.framing import encode_frame
+from snakepit_trio_bridge.protocol.messages import Response, StreamChunk
 
 from ._errors import ProtocolError
 

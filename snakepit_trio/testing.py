@@ -19,7 +19,7 @@ stopped). It works with the two pytest plugins for async tests:
   ``anyio_backend`` fixture gives (asyncio only, unless you override that fixture);
 - pytest-trio: tests marked ``@pytest.mark.trio``, or every async test in its ``trio_mode``.
 
-``harness`` is a plain fixture: a :class:`~snakepit_bridge.harness.HandlerHarness`, the
+``harness`` is a plain fixture: a :class:`~snakepit_trio_bridge.harness.HandlerHarness`, the
 bridge's own server in a thread of the test process, for unit tests with no worker process
 and no event loop. See docs/testing.md.
 
@@ -32,14 +32,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from snakepit_bridge.harness import HandlerHarness
+from snakepit_trio_bridge.harness import HandlerHarness
 
 from ._adapters import Adapter
 from ._config import PoolConfig
 from ._pool import Pool, open_pool
 
 if TYPE_CHECKING:
-    from snakepit_bridge.harness import HandlerSource
+    from snakepit_trio_bridge.harness import HandlerSource
 
 __all__ = ["harness_fixture", "pool_fixture"]
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import anyio
 import anyio.abc
-from snakepit_bridge.context import Cancelled, RequestContext, bind_context, unbind_context
-from snakepit_bridge.generic import GenericCommandHandler
-from snakepit_bridge.protocol import codecs, constants
-from snakepit_bridge.protocol.framing import HEADER_SIZE
-from snakepit_bridge.protocol.messages import Response, StreamChunk
+from snakepit_trio_bridge.context import Cancelled, RequestContext, bind_context, unbind_context
+from snakepit_trio_bridge.generic import GenericCommandHandler
+from snakepit_trio_bridge.protocol import codecs, constants
+from snakepit_trio_bridge.protocol.framing import HEADER_SIZE
+from snakepit_trio_bridge.protocol.messages import Response, StreamChunk
 
 import snakepit_trio as sp
 from snakepit_trio._transport import EventSink, Handshake, TransportContext

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import snakepit_bridge
-from snakepit_bridge import BaseCommandHandler
+import snakepit_trio_bridge
+from snakepit_trio_bridge import BaseCommandHandler
 
 import snakepit_trio as sp
 from snakepit_trio import _adapters
@@ -44,8 +44,8 @@ import importlib.util
 import os
 import sys
 
-import snakepit_bridge
-from snakepit_bridge import BaseCommandHandler
+import snakepit_trio_bridge
+from snakepit_trio_bridge import BaseCommandHandler
 
 
 class Probe(BaseCommandHandler):
@@ -57,7 +57,7 @@ class Probe(BaseCommandHandler):
             "sys_path": sys.path,
             "pythonpath": os.environ.get("PYTHONPATH", ""),
             "version": list(sys.version_info[:2]),
-            "bridge": snakepit_bridge.__file__,
+            "bridge": snakepit_trio_bridge.__file__,
             "pool_only": importlib.util.find_spec("pool_only_module") is not None,
             "msgpack": importlib.util.find_spec("msgpack") is not None,
         }
@@ -75,15 +75,15 @@ def _fake_wheel_install(base: Path) -> Path:
     site-packages does after ``pip install snakepit-trio``. Returns its __init__.py."""
     packages = base / "site-packages"
     shutil.copytree(
-        Path(snakepit_bridge.__file__).parent,
-        packages / "snakepit_bridge",
+        Path(snakepit_trio_bridge.__file__).parent,
+        packages / "snakepit_trio_bridge",
         ignore=shutil.ignore_patterns("__pycache__"),
     )
     # Stands for the pool's own (compiled) packages, which a worker must never see.
     (packages / "pool_only_module.py").write_text("raise ImportError('the pool only')\n")
     (packages / "other_package").mkdir()
     (packages / "other_package" / "__init__.py").write_text("")
-    return packages / "snakepit_bridge" / "__init__.py"
+    return packages / "snakepit_trio_bridge" / "__init__.py"
 
 
 def _sees_pool_site_packages(sys_path: list[str]) -> bool:
@@ -91,8 +91,8 @@ def _sees_pool_site_packages(sys_path: list[str]) -> bool:
     return bool({os.path.realpath(p) for p in sys_path if p} & pool)
 
 
-BRIDGE_DIR = str(Path(snakepit_bridge.__file__).resolve().parents[1])
-BRIDGE_INIT = str(Path(snakepit_bridge.__file__).resolve())
+BRIDGE_DIR = str(Path(snakepit_trio_bridge.__file__).resolve().parents[1])
+BRIDGE_INIT = str(Path(snakepit_trio_bridge.__file__).resolve())
 
 
 async def _where(adapter: sp.Adapter) -> tuple[dict[str, Any], str]:
@@ -110,7 +110,7 @@ async def test_a_worker_on_another_python_gets_none_of_the_pools_packages(
     python: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake = _fake_wheel_install(tmp_path)
-    monkeypatch.setattr(snakepit_bridge, "__file__", str(fake))
+    monkeypatch.setattr(snakepit_trio_bridge, "__file__", str(fake))
     handlers = _write_probe(tmp_path / "handlers")
     adapter = sp.PythonAdapter(
         "probe_handler:Probe", python=python, env={"PYTHONPATH": str(handlers)}
@@ -154,7 +154,7 @@ async def test_a_worker_on_this_python_with_the_bridge_among_other_packages(
     """The bridge in a directory with other packages, not one of this interpreter's site
     directories: the worker gets the bridge, not the directory."""
     fake = _fake_wheel_install(tmp_path)
-    monkeypatch.setattr(snakepit_bridge, "__file__", str(fake))
+    monkeypatch.setattr(snakepit_trio_bridge, "__file__", str(fake))
     handlers = _write_probe(tmp_path / "handlers")
     adapter = sp.PythonAdapter("probe_handler:Probe", env={"PYTHONPATH": str(handlers)})
     found, protocol = await _where(adapter)
@@ -170,7 +170,9 @@ def test_nothing_is_added_when_this_python_imports_the_bridge_from_its_site_pack
     """A wheel installed into this interpreter: the worker, on the same interpreter, finds the
     bridge where the pool does, so its PYTHONPATH is left alone."""
     site_dir = site.getsitepackages()[0]
-    monkeypatch.setattr(snakepit_bridge, "__file__", f"{site_dir}/snakepit_bridge/__init__.py")
+    monkeypatch.setattr(
+        snakepit_trio_bridge, "__file__", f"{site_dir}/snakepit_trio_bridge/__init__.py"
+    )
     monkeypatch.delenv("PYTHONPATH", raising=False)
     adapter = sp.PythonAdapter()
     assert "PYTHONPATH" not in adapter.environment()
@@ -190,11 +192,11 @@ class NestedOuter:
 
 
 def test_a_handler_class_becomes_its_import_name() -> None:
-    from snakepit_bridge.testing import TestingHandler
+    from snakepit_trio_bridge.testing import TestingHandler
 
     adapter = sp.PythonAdapter(TestingHandler)
-    assert adapter.handler == "snakepit_bridge.testing:TestingHandler"
-    assert adapter.argv()[-2:] == ["--handler", "snakepit_bridge.testing:TestingHandler"]
+    assert adapter.handler == "snakepit_trio_bridge.testing:TestingHandler"
+    assert adapter.argv()[-2:] == ["--handler", "snakepit_trio_bridge.testing:TestingHandler"]
     nested = sp.PythonAdapter(NestedOuter.Inner)
     assert nested.handler == f"{__name__}:NestedOuter.Inner"
 
@@ -227,7 +229,7 @@ def test_a_handler_class_a_worker_cannot_import_is_refused() -> None:
     renamed = type("Ghost", (BaseCommandHandler,), {"__module__": __name__})
     with pytest.raises(ValueError, match="cannot be imported by name"):
         sp.PythonAdapter(renamed)
-    with pytest.raises(TypeError, match=r"subclass of snakepit_bridge\.BaseCommandHandler"):
+    with pytest.raises(TypeError, match=r"subclass of snakepit_trio_bridge\.BaseCommandHandler"):
         sp.PythonAdapter(dict)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="handler must be"):
         sp.PythonAdapter(NestedOuter.Inner())  # type: ignore[arg-type]

@@ -10,21 +10,17 @@ TOOLS = Path(__file__).resolve().parents[1] / "bench" / "tools"
 
 _POOL = 'process 10:"python bench/tools/hotloop.py mux 3"'
 # The Python bridge is started with ``-c "...; main()"``: a ';' inside a process frame.
-_WORKER = (
-    'process 11:"python -c from snakepit_bridge.__main__ import main; main() --mode pool-worker"'
-)
+_WORKER = 'process 11:"python -c from snakepit_trio_bridge.__main__ import main; main() --mode pool-worker"'
 # The bridge's lifeline watcher is a fork of the worker: the same command line, one level down.
-_WATCHER = (
-    'process 12:"python -c from snakepit_bridge.__main__ import main; main() --mode pool-worker"'
-)
+_WATCHER = 'process 12:"python -c from snakepit_trio_bridge.__main__ import main; main() --mode pool-worker"'
 RAW_STACKS = "\n".join(
     [
         f"{_POOL};run (trio/_core/_run.py:2300);get_events (trio/_core/_io_epoll.py:230) 30",
         f"{_POOL};select (/usr/lib/python3.12/selectors.py:468) 4",
-        f"{_POOL};{_WORKER};<module> (<string>:1);main (snakepit_bridge/__main__.py:103);"
-        "_read (snakepit_bridge/server.py:296) 20",
+        f"{_POOL};{_WORKER};<module> (<string>:1);main (snakepit_trio_bridge/__main__.py:103);"
+        "_read (snakepit_trio_bridge/server.py:296) 20",
         f"{_POOL};{_WORKER};{_WATCHER};<module> (<string>:1);"
-        "_watch_process (snakepit_bridge/_lifeline.py:200) 5",
+        "_watch_process (snakepit_trio_bridge/_lifeline.py:200) 5",
         f"{_POOL};{_WORKER} 2",
     ]
 )

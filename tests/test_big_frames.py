@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 import pytest
-from snakepit_bridge.protocol import messages
+from snakepit_trio_bridge.protocol import messages
 
 import snakepit_trio as sp
 from snakepit_trio._stdio import DEFER_OVER

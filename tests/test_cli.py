@@ -314,7 +314,7 @@ def test_the_max_frame_size_option_bounds_a_message(capsys: pytest.CaptureFixtur
 
 SLOW_HANDLER = """
 import time
-from snakepit_bridge import BaseCommandHandler
+from snakepit_trio_bridge import BaseCommandHandler
 
 class SlowStart(BaseCommandHandler):
     def __init__(self):
@@ -349,7 +349,7 @@ def test_the_start_up_options_let_a_slow_handler_start(
 
 PRINTING_HANDLER = """
 import sys
-from snakepit_bridge import BaseCommandHandler
+from snakepit_trio_bridge import BaseCommandHandler
 
 class Chatty(BaseCommandHandler):
     def _register_commands(self):
@@ -614,7 +614,7 @@ def test_doctor_finds_msgpack_as_the_node_bridge_does_and_advises_the_project(
     package is in the project, the bridge's own lookup finds it there."""
     from snakepit_trio.cli import _doctor
 
-    installed = tmp_path / "site-packages" / "snakepit_bridge" / "node" / "snakepit_bridge.js"
+    installed = tmp_path / "site-packages" / "snakepit_trio_bridge" / "node" / "snakepit_bridge.js"
     installed.parent.mkdir(parents=True)
     shutil.copyfile(sp.node_bridge_path(), installed)
     project = tmp_path / "project"

@@ -13,13 +13,13 @@ from typing import Any
 
 import anyio
 import pytest
-from snakepit_bridge.enhanced import (
+from snakepit_trio_bridge.enhanced import (
     ENHANCED_COMMANDS,
     EnhancedCommandHandler,
     ObjectNotFound,
     to_wire,
 )
-from snakepit_bridge.protocol.constants import ENV_SESSION_TTL
+from snakepit_trio_bridge.protocol.constants import ENV_SESSION_TTL
 
 import snakepit_trio as sp
 from snakepit_trio._adapters import Wire
@@ -45,7 +45,7 @@ async def expect_error(pool: sp.Pool, command: str, args: dict[str, Any]) -> sp.
 
 def test_enhanced_keyword_selects_the_handler() -> None:
     adapter = sp.PythonAdapter(enhanced=True)
-    assert adapter.handler == "snakepit_bridge.enhanced:EnhancedCommandHandler"
+    assert adapter.handler == "snakepit_trio_bridge.enhanced:EnhancedCommandHandler"
     assert adapter.enhanced
     assert "--handler" in adapter.argv()
     assert "enhanced" in adapter.name

@@ -13,13 +13,13 @@ from select import select
 
 import anyio
 import pytest
-import snakepit_bridge.nanny as nanny
+import snakepit_trio_bridge.nanny as nanny
 from proc_support import kill_quietly, pid_alive, wait_dead
 
 import snakepit_trio as sp
 from snakepit_trio._process import spawn_worker
 
-TESTING = "snakepit_bridge.testing:TestingHandler"
+TESTING = "snakepit_trio_bridge.testing:TestingHandler"
 HARDENED = sp.PoolConfig(hardened=True, shutdown_grace=0.5, kill_grace=0.5)
 
 
@@ -56,7 +56,7 @@ PARENT = textwrap.dedent(
     import anyio, snakepit_trio as sp
     async def main():
         config = sp.PoolConfig(hardened=True, shutdown_grace=0.3, kill_grace=0.3)
-        adapter = sp.PythonAdapter("snakepit_bridge.testing:TestingHandler")
+        adapter = sp.PythonAdapter("snakepit_trio_bridge.testing:TestingHandler")
         async with sp.open_pool(adapter, size=1, config=config) as pool:
             await pool.execute("ignore_sigterm")
             pids = [(await pool.execute("getpid"))["pid"], pool.workers()[0].pid]

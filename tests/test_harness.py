@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 import trio
-from snakepit_bridge import BaseCommandHandler, current_context
-from snakepit_bridge.generic import GenericCommandHandler
-from snakepit_bridge.harness import CommandCancelled, CommandFailed, HandlerHarness
-from snakepit_bridge.testing import TestingHandler
+from snakepit_trio_bridge import BaseCommandHandler, current_context
+from snakepit_trio_bridge.generic import GenericCommandHandler
+from snakepit_trio_bridge.harness import CommandCancelled, CommandFailed, HandlerHarness
+from snakepit_trio_bridge.testing import TestingHandler
 
 import snakepit_trio as sp
 
@@ -473,7 +473,7 @@ def test_handler_forms() -> None:
         assert harness.handler is instance
     with HandlerHarness() as harness:
         assert type(harness.handler) is GenericCommandHandler
-    with HandlerHarness("snakepit_bridge.testing:TestingHandler") as harness:
+    with HandlerHarness("snakepit_trio_bridge.testing:TestingHandler") as harness:
         assert type(harness.handler) is TestingHandler
     with HandlerHarness(SHOP) as harness:
         assert harness.call("quote", {"item": "apple"})["total"] == 0.5
@@ -516,7 +516,7 @@ def test_close_releases_threads_and_descriptors() -> None:
 
 def test_importing_the_harness_keeps_the_worker_package_light() -> None:
     code = (
-        "import sys, snakepit_bridge.harness; "
+        "import sys, snakepit_trio_bridge.harness; "
         "print(sorted(m for m in ('trio', 'anyio', 'attrs', 'snakepit_trio') if m in sys.modules))"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT / "bridges" / "python")}

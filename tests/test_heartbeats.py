@@ -19,7 +19,7 @@ import snakepit_trio as sp
 
 pytestmark = pytest.mark.anyio
 
-TESTING = "snakepit_bridge.testing:TestingHandler"
+TESTING = "snakepit_trio_bridge.testing:TestingHandler"
 BEATING = sp.PoolConfig(
     heartbeat_interval=0.1, heartbeat_timeout=1.0, shutdown_grace=0.5, kill_grace=0.5
 )

@@ -26,7 +26,7 @@ from snakepit_trio._orphans import OrphanInfo, kill_orphans, new_run_id
 from snakepit_trio._process import spawn_worker
 
 HANDLERS = str(Path(__file__).parent / "handlers")
-TESTING = "snakepit_bridge.testing:TestingHandler"
+TESTING = "snakepit_trio_bridge.testing:TestingHandler"
 
 
 # ---------------------------------------------------------------- pipes
@@ -190,7 +190,7 @@ PARENT = textwrap.dedent(
     import sys, anyio, snakepit_trio as sp
     async def main():
         config = sp.PoolConfig(shutdown_grace=0.5, kill_grace=0.5)
-        adapter = sp.PythonAdapter("snakepit_bridge.testing:TestingHandler")
+        adapter = sp.PythonAdapter("snakepit_trio_bridge.testing:TestingHandler")
         async with sp.open_pool(adapter, size=2, config=config) as pool:
             pids = [w.pid for w in pool.workers()]
             for _ in range(2):
@@ -233,7 +233,7 @@ REAL_CTRL_C = textwrap.dedent(
     """
     import trio, snakepit_trio as sp
     async def main():
-        adapter = sp.PythonAdapter("snakepit_bridge.testing:TestingHandler")
+        adapter = sp.PythonAdapter("snakepit_trio_bridge.testing:TestingHandler")
         async with sp.open_pool(adapter, size=2) as pool:
             pids = [w.pid for w in pool.workers()]
             pids.append((await pool.execute("spawn_child"))["pid"])

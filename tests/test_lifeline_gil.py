@@ -26,7 +26,7 @@ HANDLER = textwrap.dedent(
     """
     import os, re
 
-    from snakepit_bridge.testing import TestingHandler
+    from snakepit_trio_bridge.testing import TestingHandler
 
 
     class GilHandler(TestingHandler):

@@ -1,6 +1,6 @@
 """The lifeline's watcher process: what it holds, when it leaves, what it guards.
 
-The bridge forks a watcher at start (see ``snakepit_bridge._lifeline``). These tests drive a
+The bridge forks a watcher at start (see ``snakepit_trio_bridge._lifeline``). These tests drive a
 real bridge over stdio with a lifeline pipe whose write end the test holds, as a pool would.
 """
 
@@ -22,7 +22,7 @@ import pytest
 from proc_support import kill_quietly, pid_alive, wait_dead
 
 BRIDGE_DIR = Path(__file__).resolve().parents[1] / "bridges" / "python"
-TESTING = "snakepit_bridge.testing:TestingHandler"
+TESTING = "snakepit_trio_bridge.testing:TestingHandler"
 
 
 class Worker:
@@ -38,7 +38,7 @@ class Worker:
         )
         env["SNAKEPIT_LIFELINE_FD"] = str(read_end)
         env["SNAKEPIT_LIFELINE_GRACE"] = str(grace)
-        python = python or (sys.executable, "-m", "snakepit_bridge")
+        python = python or (sys.executable, "-m", "snakepit_trio_bridge")
         self.proc = subprocess.Popen(
             [*python, "--protocol", "json", "--handler", TESTING],
             stdin=subprocess.PIPE,
@@ -217,8 +217,8 @@ def test_the_grace_runs_while_the_worker_lives_then_the_group_is_killed(
 
 
 NO_EXECUTABLE = (
-    "import sys; sys.executable = ''; sys.argv[0] = 'snakepit_bridge'; "
-    "from snakepit_bridge.__main__ import main; main()"
+    "import sys; sys.executable = ''; sys.argv[0] = 'snakepit_trio_bridge'; "
+    "from snakepit_trio_bridge.__main__ import main; main()"
 )
 
 

@@ -15,7 +15,7 @@ import snakepit_trio as sp
 
 pytestmark = pytest.mark.anyio
 
-TESTING = "snakepit_bridge.testing:TestingHandler"
+TESTING = "snakepit_trio_bridge.testing:TestingHandler"
 # cancel_grace: tests that expect a confirmed cancel (same pid) need margin on a loaded machine.
 FAST = sp.PoolConfig(shutdown_grace=1.0, kill_grace=1.0, cancel_grace=2.0)
 
@@ -503,7 +503,7 @@ async def test_a_caller_handed_a_worker_as_the_pool_closes_is_told_so() -> None:
 async def test_a_queued_frame_is_reencoded_if_the_pool_codec_changed_meanwhile() -> None:
     """The frame keeps the codec it was encoded with, even if the pool's default changes (the
     first ready worker fell back to JSON, a later one negotiated MessagePack)."""
-    from snakepit_bridge.protocol import codecs
+    from snakepit_trio_bridge.protocol import codecs
 
     async with sp.open_pool(make_adapter(), size=1, config=FAST) as pool:
         worker = pool._workers[0]

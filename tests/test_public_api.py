@@ -38,7 +38,7 @@ import sniffio
 import snakepit_trio as sp
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTING = "snakepit_bridge.testing:TestingHandler"
+TESTING = "snakepit_trio_bridge.testing:TestingHandler"
 # max_queue=0: with the only worker busy, the next call is rejected at once (PoolSaturated).
 CONFIG = sp.PoolConfig(shutdown_grace=1.0, kill_grace=1.0, cancel_grace=2.0, max_queue=0)
 # Arguments of the wrong type, as a caller without a type checker passes them.

@@ -22,7 +22,7 @@ CONFIG = sp.PoolConfig(cancel_grace=2.0, shutdown_grace=1.0, kill_grace=1.0)
 
 
 def make_testing() -> sp.PythonAdapter:
-    return sp.PythonAdapter("snakepit_bridge.testing:TestingHandler")
+    return sp.PythonAdapter("snakepit_trio_bridge.testing:TestingHandler")
 
 
 def streams() -> sp.PythonAdapter:

@@ -20,7 +20,7 @@ import snakepit_trio as sp
 
 pytestmark = pytest.mark.anyio
 
-TESTING = "snakepit_bridge.testing:TestingHandler"
+TESTING = "snakepit_trio_bridge.testing:TestingHandler"
 HANDLERS = str(Path(__file__).parent / "handlers")
 FAST = sp.PoolConfig(shutdown_grace=1.0, kill_grace=1.0, cancel_grace=2.0)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import sniffio
-from snakepit_bridge.harness import HandlerHarness
-from snakepit_bridge.testing import TestingHandler
+from snakepit_trio_bridge.harness import HandlerHarness
+from snakepit_trio_bridge.testing import TestingHandler
 
 import snakepit_trio as sp
 from snakepit_trio.testing import harness_fixture, pool_fixture
@@ -62,7 +62,7 @@ def test_pool_fixture_refuses_what_is_not_an_adapter() -> None:
 def test_importing_the_library_does_not_import_pytest() -> None:
     code = (
         "import sys, snakepit_trio; "
-        "print(sorted(m for m in ('pytest', 'snakepit_trio.testing', 'snakepit_bridge.harness') "
+        "print(sorted(m for m in ('pytest', 'snakepit_trio.testing', 'snakepit_trio_bridge.harness') "
         "if m in sys.modules))"
     )
     out = subprocess.run(

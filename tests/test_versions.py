@@ -16,14 +16,14 @@ import tomllib
 from pathlib import Path
 
 import pytest
-import snakepit_bridge
+import snakepit_trio_bridge
 from packaging.version import Version
 
 import snakepit_trio
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_DIR = ROOT / "bridges" / "node"
-BRIDGE_INIT = Path(snakepit_bridge.__file__)
+BRIDGE_INIT = Path(snakepit_trio_bridge.__file__)
 
 # Semantic Versioning 2.0.0 (npm refuses anything else in package.json), anchored.
 SEMVER = re.compile(
@@ -62,7 +62,7 @@ def test_the_version_is_both_pep440_and_semver() -> None:
 def test_the_python_bridge_carries_the_same_version() -> None:
     literal = only_literal(BRIDGE_INIT, r'^__version__ = "([^"]+)"')
     assert literal == source_version()
-    assert snakepit_bridge.__version__ == source_version()
+    assert snakepit_trio_bridge.__version__ == source_version()
 
 
 def test_the_node_bridge_carries_the_same_version() -> None:

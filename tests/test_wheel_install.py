@@ -246,8 +246,8 @@ def test_wheel_installs_and_runs(tmp_path: Path) -> None:
     for expected in (
         "snakepit_trio/py.typed",
         "snakepit_trio/cli/__init__.py",
-        "snakepit_bridge/__main__.py",
-        "snakepit_bridge/node/snakepit_bridge.js",
+        "snakepit_trio_bridge/__main__.py",
+        "snakepit_trio_bridge/node/snakepit_bridge.js",
         f"snakepit_trio-{version}.dist-info/licenses/LICENSE",
     ):
         assert expected in names, f"{expected} is missing from the wheel"

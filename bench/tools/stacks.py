@@ -66,9 +66,9 @@ def role(commands: list[str]) -> str:
     command = commands[-1]
     if command == commands[-2]:
         return f"{role(commands[:-1])} fork"
-    if "snakepit_bridge.nanny" in command:
+    if "snakepit_trio_bridge.nanny" in command:
         return "nanny"
-    if "snakepit_bridge" in command or "raw_echo" in command:
+    if "snakepit_trio_bridge" in command or "raw_echo" in command:
         return "worker"
     return "other"
 

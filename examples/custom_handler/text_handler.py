@@ -1,8 +1,8 @@
 """A custom command handler: the worker-side code of examples/custom_handler/run.py.
 
-The pool starts each worker as ``python -m snakepit_bridge --handler text_handler:TextHandler``
+The pool starts each worker as ``python -m snakepit_trio_bridge --handler text_handler:TextHandler``
 (``PythonAdapter(handler="text_handler:TextHandler")``). This module runs in the worker only;
-it imports snakepit_bridge (small, no trio) and nothing from snakepit_trio.
+it imports snakepit_trio_bridge (small, no trio) and nothing from snakepit_trio.
 """
 
 import asyncio
@@ -11,7 +11,7 @@ import os
 import re
 import time
 
-from snakepit_bridge import BaseCommandHandler, current_context
+from snakepit_trio_bridge import BaseCommandHandler, current_context
 
 WORD = re.compile(r"[\w']+")
 

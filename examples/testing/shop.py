@@ -3,8 +3,8 @@
 Each kind of command a handler can have, once: a plain function (``quote``), one that keeps
 per-session state (``add_to_cart``), an async one (``check_stock``), a generator that streams
 (``receipt``), an async generator (``track``), and long work that honours cancellation
-(``audit``). It imports snakepit_bridge only: it runs in a worker, or in the test process
-under ``snakepit_bridge.harness.HandlerHarness``.
+(``audit``). It imports snakepit_trio_bridge only: it runs in a worker, or in the test process
+under ``snakepit_trio_bridge.harness.HandlerHarness``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Generator
 from typing import Any
 
-from snakepit_bridge import BaseCommandHandler, current_context
+from snakepit_trio_bridge import BaseCommandHandler, current_context
 
 PRICES = {"apple": 0.5, "bread": 2.25, "cheese": 7.0}
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 from shop import ShopHandler
-from snakepit_bridge.harness import CommandCancelled, CommandFailed, HandlerHarness
+from snakepit_trio_bridge.harness import CommandCancelled, CommandFailed, HandlerHarness
 
 
 def test_quote(harness: HandlerHarness[ShopHandler]) -> None:

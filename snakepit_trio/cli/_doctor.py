@@ -190,7 +190,9 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
         ("attrs", "attrs"),
     ):
         checks.append(_check_import(module, dist, essential=True, fix=reinstall))
-    checks.append(_check_import("snakepit_bridge", "snakepit-trio", essential=True, fix=reinstall))
+    checks.append(
+        _check_import("snakepit_trio_bridge", "snakepit-trio", essential=True, fix=reinstall)
+    )
     grpc_fix = "pip install 'snakepit-trio[grpc]' (only for the gRPC adapter)"
     checks.append(_check_import("grpclib", "grpclib", essential=False, fix=grpc_fix))
     checks.append(_check_import("betterproto2", "betterproto2", essential=False, fix=grpc_fix))
@@ -205,7 +207,7 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
                 "python worker",
                 sp.PythonAdapter(),
                 essential=True,
-                fix=f"run `{sys.executable} -m snakepit_bridge --help`; `{PROG} --debug doctor` shows its stderr",
+                fix=f"run `{sys.executable} -m snakepit_trio_bridge --help`; `{PROG} --debug doctor` shows its stderr",
             )
         ]
         if node_checks[0].ok:

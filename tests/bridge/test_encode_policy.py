@@ -20,13 +20,13 @@ from typing import Any, Literal
 
 import anyio
 import pytest
-from snakepit_bridge._responses import (
+from snakepit_trio_bridge._responses import (
     DefaultingCodec,
     encoder,
     find_unencodable,
     unencodable,
 )
-from snakepit_bridge.protocol.codecs import get_codec
+from snakepit_trio_bridge.protocol.codecs import get_codec
 
 import snakepit_trio as sp
 
@@ -34,7 +34,7 @@ HANDLERS = """
 import datetime
 import decimal
 
-from snakepit_bridge import BaseCommandHandler
+from snakepit_trio_bridge import BaseCommandHandler
 
 WHEN = datetime.datetime(2026, 12, 7, 18, 30, tzinfo=datetime.timezone.utc)
 

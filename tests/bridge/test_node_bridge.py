@@ -35,8 +35,8 @@ from proc_support import kill_quietly, pid_alive, wait_dead
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bridges" / "python"))
 
-from snakepit_bridge.protocol import FrameDecoder, encode_frame, get_codec  # noqa: E402
-from snakepit_bridge.protocol.messages import (  # noqa: E402
+from snakepit_trio_bridge.protocol import FrameDecoder, encode_frame, get_codec  # noqa: E402
+from snakepit_trio_bridge.protocol.messages import (  # noqa: E402
     ClientConnection,
     ProtocolNegotiation,
     Request,

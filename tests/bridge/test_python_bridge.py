@@ -20,10 +20,10 @@ _HANDLERS_DIR = Path(__file__).resolve().parents[1] / "handlers"
 if str(_BRIDGE_DIR) not in sys.path:
     sys.path.insert(0, str(_BRIDGE_DIR))
 
-from snakepit_bridge.protocol import JSON, MSGPACK, FrameDecoder, encode_frame  # noqa: E402
-from snakepit_bridge.protocol.codecs import JsonCodec  # noqa: E402
-from snakepit_bridge.protocol.framing import DEFAULT_MAX_FRAME_SIZE  # noqa: E402
-from snakepit_bridge.protocol.messages import (  # noqa: E402
+from snakepit_trio_bridge.protocol import JSON, MSGPACK, FrameDecoder, encode_frame  # noqa: E402
+from snakepit_trio_bridge.protocol.codecs import JsonCodec  # noqa: E402
+from snakepit_trio_bridge.protocol.framing import DEFAULT_MAX_FRAME_SIZE  # noqa: E402
+from snakepit_trio_bridge.protocol.messages import (  # noqa: E402
     BridgeEvent,
     Cancel,
     ClientConnection,
@@ -37,7 +37,7 @@ from snakepit_bridge.protocol.messages import (  # noqa: E402
     parse_negotiation_reply,
 )
 
-TESTING = "snakepit_bridge.testing:TestingHandler"
+TESTING = "snakepit_trio_bridge.testing:TestingHandler"
 TIMEOUT = 5.0
 
 
@@ -87,7 +87,7 @@ class Bridge:
         self.stderr_path = tmp_path / f"stderr-{time.monotonic_ns()}.txt"
         with open(self.stderr_path, "wb") as stderr:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "snakepit_bridge", "--handler", handler, *args],
+                [sys.executable, "-m", "snakepit_trio_bridge", "--handler", handler, *args],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -229,7 +229,7 @@ def test_negotiation_selects_msgpack_and_announces_features(start: Any) -> None:
     assert selected.features == {"cancel", "credit", "lifeline", "multiplex", "shutdown", "stream"}
     assert selected.max_concurrency == 64
     info = selected.info
-    assert info["bridge"] == "snakepit_bridge" and info["language"] == "python"
+    assert info["bridge"] == "snakepit_trio_bridge" and info["language"] == "python"
     assert info["pid"] == bridge.proc.pid
     # Negotiation is answered before the handler is built: it is named, its commands are not.
     assert info["handler"] == TESTING
@@ -386,7 +386,7 @@ def test_handler_exception_carries_type_and_traceback(start: Any) -> None:
 
 
 _UNPRINTABLE = """
-from snakepit_bridge import BaseCommandHandler
+from snakepit_trio_bridge import BaseCommandHandler
 
 
 class Unprintable(Exception):

@@ -178,7 +178,9 @@ def unsafe_uses(source: str, filename: str) -> list[str]:
 def pool_side_sources() -> list[Path]:
     """The code that reads what workers send: the library and the sans-IO protocol."""
     library = sorted((ROOT / "snakepit_trio").rglob("*.py"))
-    protocol = sorted((ROOT / "bridges" / "python" / "snakepit_bridge" / "protocol").rglob("*.py"))
+    protocol = sorted(
+        (ROOT / "bridges" / "python" / "snakepit_trio_bridge" / "protocol").rglob("*.py")
+    )
     return library + protocol
 
 

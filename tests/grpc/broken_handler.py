@@ -5,7 +5,7 @@ The path is absolute and fixed, so a test can look for it whatever the checkout'
 
 from __future__ import annotations
 
-from snakepit_bridge import BaseCommandHandler
+from snakepit_trio_bridge import BaseCommandHandler
 
 MISSING_MODEL = "/nonexistent/snakepit-grpc-test/model-weights.bin"
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncGenerator, Generator
 from typing import Any
 
-from snakepit_bridge.testing import TestingHandler
+from snakepit_trio_bridge.testing import TestingHandler
 
 #: Where the pool puts the worker's token (kept literal: a test must not trust the constant).
 TOKEN_VARIABLE = "SNAKEPIT_GRPC_TOKEN"

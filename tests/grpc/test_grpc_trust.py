@@ -28,11 +28,11 @@ from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 from proc_support import kill_quietly, pid_alive
-from snakepit_bridge._grpc_generated.grpc.health.v1 import (
+from snakepit_trio_bridge._grpc_generated.grpc.health.v1 import (
     HealthCheckRequest,
     HealthCheckResponse,
 )
-from snakepit_bridge._grpc_generated.snakepit.v1 import (
+from snakepit_trio_bridge._grpc_generated.snakepit.v1 import (
     ExecuteReply,
     ExecuteRequest,
     HealthReply,
@@ -42,8 +42,15 @@ from snakepit_bridge._grpc_generated.snakepit.v1 import (
     SnakepitBridgeBase,
     StreamReply,
 )
-from snakepit_bridge.grpc_wire import EXECUTE, EXECUTE_STREAM, HEALTH, INFO, SizeLimitedCodec, pack
-from snakepit_bridge.protocol.messages import Request
+from snakepit_trio_bridge.grpc_wire import (
+    EXECUTE,
+    EXECUTE_STREAM,
+    HEALTH,
+    INFO,
+    SizeLimitedCodec,
+    pack,
+)
+from snakepit_trio_bridge.protocol.messages import Request
 
 import snakepit_trio as sp
 
@@ -206,7 +213,7 @@ class _Impostor(SnakepitBridgeBase):  # type: ignore[misc]
 
     async def info(self, message: InfoRequest) -> InfoReply:
         self.seen.append("info")
-        return InfoReply(bridge="snakepit_bridge", features=["stream"], max_concurrency=4)
+        return InfoReply(bridge="snakepit_trio_bridge", features=["stream"], max_concurrency=4)
 
     async def execute(self, message: ExecuteRequest) -> ExecuteReply:
         self.seen.append(message.command)
@@ -245,7 +252,7 @@ def raw_worker(*args: str, **env: str) -> Iterator[tuple[subprocess.Popen[bytes]
     environment["PYTHONPATH"] = os.pathsep.join([str(BRIDGE), str(HERE)])
     environment.update(env)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "snakepit_bridge", "--transport", "grpc", *args],
+        [sys.executable, "-m", "snakepit_trio_bridge", "--transport", "grpc", *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=environment,

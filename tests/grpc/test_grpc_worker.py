@@ -17,17 +17,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from snakepit_bridge._grpc_generated.grpc.health.v1 import (
+from snakepit_trio_bridge._grpc_generated.grpc.health.v1 import (
     HealthCheckRequest,
     HealthCheckResponseServingStatus,
     HealthStub,
 )
-from snakepit_bridge._grpc_generated.snakepit.v1 import (
+from snakepit_trio_bridge._grpc_generated.snakepit.v1 import (
     ExecuteRequest,
     SnakepitBridgeBase,
     SnakepitBridgeStub,
 )
-from snakepit_bridge.grpc_wire import (
+from snakepit_trio_bridge.grpc_wire import (
     EXECUTE,
     EXECUTE_STREAM,
     HEALTH,
@@ -58,7 +58,7 @@ def _auth() -> list[tuple[str, str]]:
 def worker(*args: str, **env: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """A gRPC worker and its announced address; killed if the test leaves it running."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "snakepit_bridge", "--transport", "grpc", *args],
+        [sys.executable, "-m", "snakepit_trio_bridge", "--transport", "grpc", *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -108,7 +108,7 @@ def test_sigterm_cuts_a_graceful_stop_short() -> None:
         from grpclib.client import Channel
         from grpclib.const import Cardinality
         from grpclib.exceptions import GRPCError, StreamTerminatedError
-        from snakepit_bridge._grpc_generated.snakepit.v1 import StreamReply
+        from snakepit_trio_bridge._grpc_generated.snakepit.v1 import StreamReply
 
         channel = Channel(path=_unix_path(address), codec=SizeLimitedCodec())
         request = ExecuteRequest(command="count_stream", args=pack({"count": 10**9}))
@@ -131,7 +131,7 @@ def test_sigterm_cuts_a_graceful_stop_short() -> None:
         finally:
             channel.close()
 
-    with worker("--handler", "snakepit_bridge.testing:TestingHandler") as (proc, address):
+    with worker("--handler", "snakepit_trio_bridge.testing:TestingHandler") as (proc, address):
         asyncio.run(stall_a_stream(address))
         assert proc.wait(5) == 143
         assert not os.path.lexists(os.path.dirname(_unix_path(address)))
@@ -140,7 +140,7 @@ def test_sigterm_cuts_a_graceful_stop_short() -> None:
 def test_the_lifeline_takes_the_worker_down_when_the_pool_is_gone() -> None:
     read_end, write_end = os.pipe()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "snakepit_bridge", "--transport", "grpc"],
+        [sys.executable, "-m", "snakepit_trio_bridge", "--transport", "grpc"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=_env(SNAKEPIT_LIFELINE_FD=str(read_end), SNAKEPIT_LIFELINE_GRACE="0.2"),
@@ -206,7 +206,7 @@ def test_a_tcp_worker_will_not_start_without_a_token_of_32_characters(token: str
     if token is not None:
         env["SNAKEPIT_GRPC_TOKEN"] = token
     out = subprocess.run(
-        [sys.executable, "-m", "snakepit_bridge", "--transport", "grpc", "--listen", "tcp"],
+        [sys.executable, "-m", "snakepit_trio_bridge", "--transport", "grpc", "--listen", "tcp"],
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -222,7 +222,7 @@ def test_the_worker_says_ready_before_it_builds_its_handler_and_sigterm_cleans_u
     # then builds (a slow constructor is bounded by the pool's worker_init_timeout, which
     # also covers the Info call that waits for it).
     code = (
-        "import sys; from snakepit_bridge.grpc_server import serve; "
+        "import sys; from snakepit_trio_bridge.grpc_server import serve; "
         "sys.exit(serve('grpc_handlers:SlowInitHandler'))"
     )
     proc = subprocess.Popen(
@@ -263,7 +263,7 @@ def test_the_worker_says_ready_before_it_builds_its_handler_and_sigterm_cleans_u
 
 
 def test_the_worker_serves_its_handlers_commands_and_no_command_of_its_own() -> None:
-    from snakepit_bridge.generic import GenericCommandHandler
+    from snakepit_trio_bridge.generic import GenericCommandHandler
 
     async def client(path: str) -> list[str]:
         from grpclib.client import Channel

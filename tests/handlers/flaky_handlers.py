@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from snakepit_bridge import BaseCommandHandler
+from snakepit_trio_bridge import BaseCommandHandler
 
 
 class CrashOnStartHandler(BaseCommandHandler):

@@ -12,7 +12,7 @@ import os
 import time
 from typing import Any
 
-from snakepit_bridge import BaseCommandHandler
+from snakepit_trio_bridge import BaseCommandHandler
 
 MISSING_CONFIG = "/nonexistent/snakepit-test/handler-config.toml"
 

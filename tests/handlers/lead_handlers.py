@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Iterator
 
-from snakepit_bridge import BaseCommandHandler
+from snakepit_trio_bridge import BaseCommandHandler
 
 
 class SlowStartHandler(BaseCommandHandler):

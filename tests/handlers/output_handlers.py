@@ -11,7 +11,7 @@ from collections.abc import Generator
 from decimal import Decimal
 from typing import Any
 
-from snakepit_bridge import BaseCommandHandler
+from snakepit_trio_bridge import BaseCommandHandler
 
 
 class OutputHandler(BaseCommandHandler):

@@ -6,7 +6,7 @@ import time
 from collections.abc import Generator
 from typing import Any
 
-from snakepit_bridge import BaseCommandHandler, current_context
+from snakepit_trio_bridge import BaseCommandHandler, current_context
 
 
 class StreamHandler(BaseCommandHandler):

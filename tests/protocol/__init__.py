@@ -1,1 +1,1 @@
-"""Property tests of the sans-IO wire protocol (snakepit_bridge.protocol)."""
+"""Property tests of the sans-IO wire protocol (snakepit_trio_bridge.protocol)."""

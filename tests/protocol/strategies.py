@@ -7,8 +7,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from hypothesis import strategies as st
-from snakepit_bridge.protocol import JSON, MSGPACK, Codec, FrameDecoder, encode_frame
-from snakepit_bridge.protocol.messages import (
+from snakepit_trio_bridge.protocol import JSON, MSGPACK, Codec, FrameDecoder, encode_frame
+from snakepit_trio_bridge.protocol.messages import (
     Cancel,
     Credit,
     Heartbeat,

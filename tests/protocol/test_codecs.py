@@ -11,8 +11,8 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from snakepit_bridge.protocol import CODECS, JSON, MSGPACK, Codec, ProtocolError, get_codec
-from snakepit_bridge.protocol.codecs import MsgpackCodec
+from snakepit_trio_bridge.protocol import CODECS, JSON, MSGPACK, Codec, ProtocolError, get_codec
+from snakepit_trio_bridge.protocol.codecs import MsgpackCodec
 
 from .strategies import CODEC_LIST, assert_same, json_values, msgpack_values, values_for
 

@@ -14,9 +14,9 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from snakepit_bridge.protocol import JSON, Codec, ProtocolError, encode_frame
-from snakepit_bridge.protocol.constants import CANCELLED_ERROR_TYPE
-from snakepit_bridge.protocol.messages import (
+from snakepit_trio_bridge.protocol import JSON, Codec, ProtocolError, encode_frame
+from snakepit_trio_bridge.protocol.constants import CANCELLED_ERROR_TYPE
+from snakepit_trio_bridge.protocol.messages import (
     Cancel,
     ClientConnection,
     Credit,

@@ -19,9 +19,16 @@ from unittest import mock
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from snakepit_bridge.protocol import JSON, MSGPACK, Codec, FrameDecoder, ProtocolError, constants
-from snakepit_bridge.protocol.framing import encode_frame
-from snakepit_bridge.protocol.messages import ClientConnection, Response
+from snakepit_trio_bridge.protocol import (
+    JSON,
+    MSGPACK,
+    Codec,
+    FrameDecoder,
+    ProtocolError,
+    constants,
+)
+from snakepit_trio_bridge.protocol.framing import encode_frame
+from snakepit_trio_bridge.protocol.messages import ClientConnection, Response
 
 from . import strategies as S
 from .strategies import split_at

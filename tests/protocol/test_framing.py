@@ -7,7 +7,7 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from snakepit_bridge.protocol import (
+from snakepit_trio_bridge.protocol import (
     DEFAULT_MAX_FRAME_SIZE,
     HEADER_SIZE,
     FrameDecoder,

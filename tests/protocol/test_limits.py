@@ -14,8 +14,8 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from snakepit_bridge.protocol import JSON, MSGPACK, Codec, ProtocolError, get_codec
-from snakepit_bridge.protocol.codecs import (
+from snakepit_trio_bridge.protocol import JSON, MSGPACK, Codec, ProtocolError, get_codec
+from snakepit_trio_bridge.protocol.codecs import (
     CHECKED_OVER,
     DEFAULT_MAX_CONTAINERS,
     MAX_DEPTH,

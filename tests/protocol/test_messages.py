@@ -8,9 +8,16 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from snakepit_bridge.protocol import JSON, MSGPACK, Codec, FrameDecoder, ProtocolError, encode_frame
-from snakepit_bridge.protocol.constants import ALL_FEATURES, CANCELLED_ERROR_TYPE
-from snakepit_bridge.protocol.messages import (
+from snakepit_trio_bridge.protocol import (
+    JSON,
+    MSGPACK,
+    Codec,
+    FrameDecoder,
+    ProtocolError,
+    encode_frame,
+)
+from snakepit_trio_bridge.protocol.constants import ALL_FEATURES, CANCELLED_ERROR_TYPE
+from snakepit_trio_bridge.protocol.messages import (
     Cancel,
     Credit,
     Heartbeat,
@@ -430,11 +437,11 @@ def test_reply_of_our_bridge_lists_features() -> None:
         protocol="json",
         features=sorted(ALL_FEATURES),
         max_concurrency=64,
-        info={"bridge": "snakepit_bridge", "pid": 4242},
+        info={"bridge": "snakepit_trio_bridge", "pid": 4242},
     )
     parsed = parse_negotiation_reply(payload, ("msgpack", "json"))
     assert parsed == ProtocolSelected(
-        "json", ALL_FEATURES, 64, {"bridge": "snakepit_bridge", "pid": 4242}
+        "json", ALL_FEATURES, 64, {"bridge": "snakepit_trio_bridge", "pid": 4242}
     )
 
 

@@ -17,8 +17,15 @@ import anyio
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from snakepit_bridge.protocol import JSON, MSGPACK, Codec, ProtocolError, encode_frame, get_codec
-from snakepit_bridge.protocol.messages import (
+from snakepit_trio_bridge.protocol import (
+    JSON,
+    MSGPACK,
+    Codec,
+    ProtocolError,
+    encode_frame,
+    get_codec,
+)
+from snakepit_trio_bridge.protocol.messages import (
     ClientConnection,
     PendingFrame,
     Response,
@@ -387,9 +394,9 @@ async def test_a_real_bridge_refuses_a_hostile_request_and_answers_big_off_the_l
     command = [
         sys.executable,
         "-m",
-        "snakepit_bridge",
+        "snakepit_trio_bridge",
         "--handler",
-        "snakepit_bridge.testing:TestingHandler",
+        "snakepit_trio_bridge.testing:TestingHandler",
     ]
     conn = ClientConnection(MSGPACK)
     rows = [[i, -7, "v"] for i in range(300_000)]

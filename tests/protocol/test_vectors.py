@@ -9,8 +9,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from snakepit_bridge.protocol import CODECS, FrameDecoder, encode_frame
-from snakepit_bridge.protocol.messages import (
+from snakepit_trio_bridge.protocol import CODECS, FrameDecoder, encode_frame
+from snakepit_trio_bridge.protocol.messages import (
     parse_bridge_message,
     parse_negotiation_reply,
     parse_pool_message,

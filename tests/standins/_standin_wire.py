@@ -3,7 +3,7 @@
 Stand-ins reproduce the behaviour of Snakepit v0.3.0's bridges (``priv/python/generic_bridge.py``,
 ``generic_bridge_v2.py`` with ``snakepit_bridge/core.py``), quirks included, so that the pool can
 be tested against them without the Elixir project. Standard library and msgpack only; no trio,
-no snakepit_bridge. The facts they reproduce:
+no snakepit_trio_bridge. The facts they reproduce:
 
 - Blocking reads of a 4-byte big-endian length, then the payload; a short read (EOF) ends the
   bridge with exit code 0.

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Golden frames of the wire protocol: writes tests/vectors/messages.json and section 8 of
-docs/protocol.md from the message classes and codecs of ``snakepit_bridge.protocol``.
+docs/protocol.md from the message classes and codecs of ``snakepit_trio_bridge.protocol``.
 
     python tests/vectors/generate.py            # write both files
     python tests/vectors/generate.py --check    # exit 1 if either is out of date
@@ -22,9 +22,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bridges" / "python"))
 
-from snakepit_bridge.protocol import JSON, MSGPACK, encode_frame  # noqa: E402
-from snakepit_bridge.protocol.constants import ALL_FEATURES  # noqa: E402
-from snakepit_bridge.protocol.messages import (  # noqa: E402
+from snakepit_trio_bridge.protocol import JSON, MSGPACK, encode_frame  # noqa: E402
+from snakepit_trio_bridge.protocol.constants import ALL_FEATURES  # noqa: E402
+from snakepit_trio_bridge.protocol.messages import (  # noqa: E402
     Cancel,
     Credit,
     Heartbeat,
@@ -73,7 +73,12 @@ CASES: list[tuple[str, str, Any, tuple[str, ...]]] = [
             "msgpack",
             ALL_FEATURES,
             64,
-            {"bridge": "snakepit_bridge", "version": "0.1.0", "language": "python", "pid": 4242},
+            {
+                "bridge": "snakepit_trio_bridge",
+                "version": "0.1.0",
+                "language": "python",
+                "pid": 4242,
+            },
         ),
         JSON_ONLY,
     ),

@@ -356,6 +356,6 @@ def _watch(fd: int) -> None:
 
 def _log(message: str) -> None:
     try:
-        os.write(2, f"snakepit_bridge[{os.getpid()}]: {message}\n".encode())
+        os.write(2, f"snakepit_trio_bridge[{os.getpid()}]: {message}\n".encode())
     except OSError:
         pass

@@ -1,6 +1,6 @@
 """A tiny single-threaded nanny that guarantees a worker leaves nothing behind (Linux).
 
-    python -m snakepit_bridge.nanny --grace 2.0 --kill-grace 2.0 -- worker-argv...
+    python -m snakepit_trio_bridge.nanny --grace 2.0 --kill-grace 2.0 -- worker-argv...
 
 The pool starts the nanny (in a session of its own) instead of the worker when
 ``PoolConfig(hardened=True)``. The nanny:
@@ -37,7 +37,7 @@ import time
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
-# snakepit_bridge.protocol.constants names them too; the nanny runs by path with -I -S and
+# snakepit_trio_bridge.protocol.constants names them too; the nanny runs by path with -I -S and
 # imports nothing of the package.
 ENV_LIFELINE_FD = "SNAKEPIT_LIFELINE_FD"
 ENV_CHILD_PID_FD = "SNAKEPIT_CHILD_PID_FD"
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if not args or len(args) < 2:
         print(
-            "usage: python -m snakepit_bridge.nanny [--grace S] [--kill-grace S] -- argv...",
+            "usage: python -m snakepit_trio_bridge.nanny [--grace S] [--kill-grace S] -- argv...",
             file=sys.stderr,
         )
         return 2

@@ -5,7 +5,7 @@ negotiation) and extend them through ``type``-tagged frames (chunk, cancel, cred
 heartbeat). Unknown fields are ignored; an unknown ``type`` is a :class:`ProtocolError`.
 
 This module uses attrs and is meant for the pool side and for tests. The worker-side bridge
-works on plain dicts (see ``snakepit_bridge.server``) so that it starts without importing attrs.
+works on plain dicts (see ``snakepit_trio_bridge.server``) so that it starts without importing attrs.
 """
 
 from __future__ import annotations

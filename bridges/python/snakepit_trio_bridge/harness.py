@@ -2,7 +2,7 @@
 
 ::
 
-    from snakepit_bridge.harness import CommandFailed, HandlerHarness
+    from snakepit_trio_bridge.harness import CommandFailed, HandlerHarness
 
     def test_my_handler():
         with HandlerHarness(MyHandler) as harness:

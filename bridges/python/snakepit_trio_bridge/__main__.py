@@ -1,4 +1,4 @@
-"""Command line: ``python -m snakepit_bridge [options]`` (also ``snakepit-python-bridge``)."""
+"""Command line: ``python -m snakepit_trio_bridge [options]`` (also ``snakepit-python-bridge``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 USAGE = """\
-usage: python -m snakepit_bridge [--mode pool-worker] [--protocol auto|json|msgpack]
+usage: python -m snakepit_trio_bridge [--mode pool-worker] [--protocol auto|json|msgpack]
                                  [--handler package.module:Class] [--max-concurrency N]
                                  [--transport stdio|grpc] [--listen unix|tcp]
 

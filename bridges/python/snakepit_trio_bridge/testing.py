@@ -1,6 +1,6 @@
 """Commands for testing pools: crashes, floods, stuck handlers, leaks and stray children.
 
-Start a worker with ``--handler snakepit_bridge.testing:TestingHandler``. It has every command
+Start a worker with ``--handler snakepit_trio_bridge.testing:TestingHandler``. It has every command
 of the generic handler (``sleep``, the streaming demos) and these, each misbehaving in one
 precise way. FOR TESTS ONLY: unlike the built-ins, these act on the caller's say-so (kill the
 worker, write the file ``record_path``, start processes, hold memory, flood stderr), so never

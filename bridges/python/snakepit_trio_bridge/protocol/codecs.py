@@ -1,7 +1,7 @@
 """Payload codecs: JSON and MessagePack.
 
 Both turn a payload (``bytes``) into plain Python values and back. Every failure to decode is
-a :class:`~snakepit_bridge.protocol.framing.ProtocolError`; nothing else escapes ``decode``.
+a :class:`~snakepit_trio_bridge.protocol.framing.ProtocolError`; nothing else escapes ``decode``.
 
 Bytes: MessagePack carries them natively (bin). JSON has no bytes type, so a ``bytes`` value
 travels as the one-key object ``{"__bytes__": "<base64>"}`` and is turned back into ``bytes``

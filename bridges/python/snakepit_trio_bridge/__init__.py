@@ -1,8 +1,8 @@
-"""snakepit_bridge: the worker side of snakepit-trio, in Python.
+"""snakepit_trio_bridge: the worker side of snakepit-trio, in Python.
 
-A worker is ``python -m snakepit_bridge --handler package.module:Class``: it serves the
+A worker is ``python -m snakepit_trio_bridge --handler package.module:Class``: it serves the
 handler's commands over the length-prefixed stdio protocol of ``docs/protocol.md``. See
-:mod:`snakepit_bridge.handler` for how to write a handler.
+:mod:`snakepit_trio_bridge.handler` for how to write a handler.
 
 Start-up cost matters (a pool may start many workers), so nothing here imports trio, anyio,
 attrs, asyncio, typing or json at start-up.

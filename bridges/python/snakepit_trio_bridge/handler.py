@@ -5,7 +5,7 @@ Writing a handler
 
 Subclass :class:`BaseCommandHandler` and register your commands in ``_register_commands``::
 
-    from snakepit_bridge import BaseCommandHandler, current_context
+    from snakepit_trio_bridge import BaseCommandHandler, current_context
 
     class MyHandler(BaseCommandHandler):
         def _register_commands(self):
@@ -20,7 +20,7 @@ Subclass :class:`BaseCommandHandler` and register your commands in ``_register_c
                 yield {"i": i}                 # each value is one chunk
             return {"done": True}              # the final result of the stream
 
-Start a worker with it: ``python -m snakepit_bridge --handler mypkg.mymod:MyHandler`` (the pool
+Start a worker with it: ``python -m snakepit_trio_bridge --handler mypkg.mymod:MyHandler`` (the pool
 does this for ``PythonAdapter(handler="mypkg.mymod:MyHandler")``). The class is instantiated
 once per worker process, so it may keep state (models, caches) between requests.
 
@@ -49,7 +49,7 @@ Rules:
 - Requests run one at a time, in arrival order, in the main thread.
 - Cancellation is cooperative. Long handlers should call ``current_context().check_cancelled()``
   (or ``self.context.check_cancelled()``) now and then: it raises
-  :class:`~snakepit_bridge.context.Cancelled` once the pool cancelled the request. Between two
+  :class:`~snakepit_trio_bridge.context.Cancelled` once the pool cancelled the request. Between two
   chunks of a stream the worker checks by itself, and closes the generator (its ``finally``
   blocks run). Async handlers are cancelled like any asyncio task.
 - ``print()`` is safe: the worker's stdout carries frames, so ``sys.stdout`` and file
@@ -257,7 +257,7 @@ class BaseCommandHandler:
         return {
             "status": "ok",
             "bridge_info": {
-                "name": "snakepit_bridge",
+                "name": "snakepit_trio_bridge",
                 "version": __version__,
                 "handler": f"{cls.__module__}:{cls.__qualname__}",
                 "supported_commands": self.get_supported_commands(),
@@ -318,10 +318,10 @@ def load_handler(spec: str | None) -> BaseCommandHandler:
     for part in class_name.split("."):
         target = getattr(target, part)
     if isinstance(target, type) and not issubclass(target, BaseCommandHandler):
-        raise TypeError(f"{spec} is not a subclass of snakepit_bridge.BaseCommandHandler")
+        raise TypeError(f"{spec} is not a subclass of snakepit_trio_bridge.BaseCommandHandler")
     handler = target()
     if not isinstance(handler, BaseCommandHandler):
-        raise TypeError(f"{spec} is not a subclass of snakepit_bridge.BaseCommandHandler")
+        raise TypeError(f"{spec} is not a subclass of snakepit_trio_bridge.BaseCommandHandler")
     return handler
 
 

@@ -2,7 +2,7 @@
 
 A server makes one :class:`RequestContext` per request and binds it while the handler runs;
 the handler reaches it through :func:`current_context` (or ``self.context`` on a
-:class:`~snakepit_bridge.handler.BaseCommandHandler`).
+:class:`~snakepit_trio_bridge.handler.BaseCommandHandler`).
 
 Cancellation is cooperative and pluggable: ``ctx.cancelled`` returns the context's flag, and
 when the flag is not yet set it first asks the server's ``poll`` callable. The stdio server's

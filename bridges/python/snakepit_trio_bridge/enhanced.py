@@ -3,7 +3,7 @@
 OPT-IN, and for trusted callers only: whoever can send ``call`` or ``pipeline`` to such a worker
 runs arbitrary code with the worker's rights (``call {"target": "os.system", ...}``). Start it
 with ``sp.PythonAdapter(enhanced=True)`` (or ``--handler
-snakepit_bridge.enhanced:EnhancedCommandHandler``). See docs/enhanced-bridge.md.
+snakepit_trio_bridge.enhanced:EnhancedCommandHandler``). See docs/enhanced-bridge.md.
 
 Commands (besides the generic handler's):
 

@@ -1,6 +1,6 @@
-"""The gRPC worker: ``python -m snakepit_bridge --transport grpc [--listen unix|tcp]``.
+"""The gRPC worker: ``python -m snakepit_trio_bridge --transport grpc [--listen unix|tcp]``.
 
-It serves the same :class:`~snakepit_bridge.handler.BaseCommandHandler` commands as the stdio
+It serves the same :class:`~snakepit_trio_bridge.handler.BaseCommandHandler` commands as the stdio
 server, over grpclib on an asyncio loop (the contract is ``proto/snakepit.proto``):
 
 - Plain ``def`` handlers run on a thread pool (``max_concurrency`` threads), ``async def`` ones
@@ -302,7 +302,7 @@ class BridgeService(SnakepitBridgeBase):  # type: ignore[misc]
 
         handler = type(self.handler)
         return InfoReply(
-            bridge="snakepit_bridge",
+            bridge="snakepit_trio_bridge",
             version=__version__,
             language="python",
             pid=os.getpid(),
@@ -864,7 +864,9 @@ def _build_handler(source: HandlerSource) -> BaseCommandHandler | None:
             traceback.print_exception(exc, file=sys.stderr)
         except Exception:  # stderr itself is broken: nothing more to say
             pass
-        _log(load_failure_message(name or "snakepit_bridge.generic:GenericCommandHandler", exc))
+        _log(
+            load_failure_message(name or "snakepit_trio_bridge.generic:GenericCommandHandler", exc)
+        )
         return None
     return handler
 
@@ -927,6 +929,6 @@ def _sendable_error(
 
 def _log(message: str) -> None:
     try:
-        os.write(2, f"snakepit_bridge[{os.getpid()}] grpc: {message}\n".encode())
+        os.write(2, f"snakepit_trio_bridge[{os.getpid()}] grpc: {message}\n".encode())
     except OSError:
         pass

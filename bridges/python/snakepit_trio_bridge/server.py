@@ -165,7 +165,7 @@ class ProtocolHandler:
             self._handler_name = _qualified_name(type(command_handler))
         elif command_handler is None or isinstance(command_handler, str):
             spec = command_handler or None
-            self._handler_name = spec or "snakepit_bridge.generic:GenericCommandHandler"
+            self._handler_name = spec or "snakepit_trio_bridge.generic:GenericCommandHandler"
             self._factory = lambda: _load(spec)
         elif callable(command_handler):
             self._handler_name = _qualified_name(command_handler)
@@ -239,7 +239,7 @@ class ProtocolHandler:
             if not isinstance(handler, BaseCommandHandler):
                 raise TypeError(
                     f"{self._handler_name} built a {type(handler).__name__}, "
-                    "not a snakepit_bridge.BaseCommandHandler"
+                    "not a snakepit_trio_bridge.BaseCommandHandler"
                 )
         except (_Terminated, _StdoutClosed):
             raise
@@ -505,7 +505,7 @@ class ProtocolHandler:
         from . import __version__
 
         return {
-            "bridge": "snakepit_bridge",
+            "bridge": "snakepit_trio_bridge",
             "version": __version__,
             "language": "python",
             "pid": os.getpid(),
@@ -826,6 +826,6 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def _log(message: str) -> None:
     try:
-        os.write(2, f"snakepit_bridge[{os.getpid()}]: {message}\n".encode())
+        os.write(2, f"snakepit_trio_bridge[{os.getpid()}]: {message}\n".encode())
     except OSError:
         pass
