@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeAlias
 
 import attrs
+from snakepit_trio_bridge.protocol.codecs import DEFAULT_MAX_CONTAINERS
 from snakepit_trio_bridge.protocol.framing import DEFAULT_MAX_FRAME_SIZE
 
 __all__ = [
@@ -206,6 +207,10 @@ class PoolConfig:
     max_sessions: int | None = attrs.field(default=None, validator=_OPTIONAL_COUNT)
 
     # wire
+    max_containers: int = attrs.field(default=DEFAULT_MAX_CONTAINERS, validator=_COUNT)
+    """Most maps, arrays (and MessagePack ext values) one frame from a worker may decode to;
+    past it the frame is a ``ProtocolError`` (docs/protocol.md: the worst-case memory per
+    frame). Raise it for workers that legitimately send more."""
     max_frame_size: int = attrs.field(
         default=DEFAULT_MAX_FRAME_SIZE, validator=_int_rule(MIN_FRAME_SIZE, MAX_FRAME_SIZE)
     )

@@ -234,6 +234,8 @@ class GrpcTransport(LocalProcessTransport):
 
         self._wire = _grpc_client
         self._codec = _grpc_client.RequestCodec()
+        # What the worker sends decodes within the pool's bounds (max_containers), as over stdio.
+        self._decode = codecs.get_codec("msgpack", context.config.max_containers).decode
         self._hub: _Hub | None = None
         self._client: _grpc_client.Client | None = None
         self._remotes: dict[int, _Remote] = {}
@@ -275,7 +277,7 @@ class GrpcTransport(LocalProcessTransport):
         config = self._config
         self.phase = "the worker's start (its READY line: Python starting, the bridge loading)"
         address = await self._read_ready_line(proc)
-        client = self._wire.Client(address, config.max_frame_size, self._token)
+        client = self._wire.Client(address, config.max_frame_size, self._token, self._decode)
         self.address = address
         self._client = client
         grace = config.cancel_grace
@@ -418,7 +420,7 @@ class GrpcTransport(LocalProcessTransport):
         exc = task.exception()
         if exc is None:
             try:
-                response = wire.to_response(call.id, task.result())
+                response = wire.to_response(call.id, task.result(), self._decode)
             except wire.BadReply as bad:
                 exc = bad
             else:

@@ -87,11 +87,13 @@ class RequestCodec(codecs.Codec):
 _decode = codecs.get_codec("msgpack").decode
 
 
-def to_response(request_id: int, reply: ExecuteReply) -> Response:
+def to_response(
+    request_id: int, reply: ExecuteReply, decode: Callable[[bytes], Any] = _decode
+) -> Response:
     """The pool's ``Response`` for an ``ExecuteReply`` (``BadReply`` if its result is unreadable)."""
     if reply.success:
         try:
-            result = _decode(reply.result) if reply.result else None
+            result = decode(reply.result) if reply.result else None
         except Exception as exc:
             raise BadReply(f"the result cannot be decoded: {exc}") from None
         return Response(request_id, True, result=result)
@@ -148,9 +150,16 @@ class _OneConnection(Channel):
 class Client:
     """One worker's channel and the tasks of its calls."""
 
-    def __init__(self, address: str, max_message_size: int, token: str) -> None:
+    def __init__(
+        self,
+        address: str,
+        max_message_size: int,
+        token: str,
+        decode: Callable[[bytes], Any] = _decode,
+    ) -> None:
         self.address = address
         self.max_message_size = max_message_size
+        self.decode = decode
         self.tasks: set[asyncio.Task[Any]] = set()
         self._token = token
         self._metadata = token_metadata(token)
@@ -241,7 +250,7 @@ class Client:
                 window.credits -= len(reply.chunks)
                 for data in reply.chunks:
                     try:
-                        value = _decode(data)
+                        value = self.decode(data)
                     except Exception as exc:
                         raise BadReply(f"a chunk cannot be decoded: {exc}") from None
                     on_chunk(value)

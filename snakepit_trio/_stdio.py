@@ -49,10 +49,10 @@ if TYPE_CHECKING:
 __all__ = ["DEFER_OVER", "StdioTransport"]
 
 # Frames bigger than this are decoded in a thread, so that one big frame does not stall every
-# other worker's calls. Not smaller: on a loaded 2-vCPU machine the thread hop cost a 1 MiB
-# echo ~7 ms (16 -> 23 ms), while what a smaller frame can cost inline is bounded anyway by the
-# codec's max_containers (1M maps and arrays: ~70 ms at worst).
-DEFER_OVER: Final = 4 << 20
+# other worker's calls: a megabyte of small containers costs 0.4-0.7 s to decode on a loaded
+# 2-vCPU machine. A frame of a few items (one big bin: a bytes echo) decodes at the speed of a
+# copy and is never deferred (``Codec.decodes_quickly``), so it pays no thread hop.
+DEFER_OVER: Final = 256 * 1024
 
 logger = logging.getLogger("snakepit_trio.worker")
 
@@ -104,7 +104,8 @@ class StdioTransport(LocalProcessTransport):
         proc = self._proc
         assert proc is not None
         protocol, features, max_concurrency = await self._negotiate(proc)
-        conn = ClientConnection(codecs.get_codec(protocol), self._max_frame_size)
+        codec = codecs.get_codec(protocol, self._config.max_containers)
+        conn = ClientConnection(codec, self._max_frame_size)
         self._conn = conn
         self._features = features
         await self._init_command(proc, conn)

@@ -56,7 +56,7 @@ async def test_a_big_frame_is_decoded_in_a_thread_while_other_calls_go_on(
 
 
 async def test_frames_behind_a_big_one_keep_their_order() -> None:
-    big = b"\x00" * (DEFER_OVER + 10)
+    big = [0] * (DEFER_OVER + 10)  # many items: deferred (one big bin would decode inline)
     async with sp.open_pool(sp.PythonAdapter(), size=1, config=CONFIG) as pool:
         async with pool.stream("ping_stream", {"count": 3, "interval": 0}) as chunks:
             assert [c["ping_number"] async for c in chunks] == [1, 2, 3]

@@ -61,6 +61,7 @@ INTS: dict[str, tuple[int, int, bool]] = {
     "max_memory": (1, 2**63 - 1, True),
     "max_restarts": (1, 2**63 - 1, False),
     "max_sessions": (1, 2**63 - 1, True),
+    "max_containers": (1, 2**63 - 1, False),
     "max_frame_size": (MIN_FRAME_SIZE, 2**32 - 1, False),
     "stderr_tail_bytes": (1, 2**63 - 1, False),
 }

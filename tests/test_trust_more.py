@@ -119,3 +119,19 @@ def test_a_grpc_adapter_without_the_grpc_extra_says_so_at_once(
     monkeypatch.setattr(importlib.util, "find_spec", without_grpclib)
     with pytest.raises(ImportError, match=r"snakepit-trio\[grpc\]"):
         sp.GrpcPythonAdapter()
+
+
+@pytest.mark.parametrize("kind", ["stdio", "grpc"])
+async def test_max_containers_bounds_what_a_worker_sends(kind: str) -> None:
+    if kind == "grpc":
+        pytest.importorskip("grpclib")
+        adapter: sp.Adapter = sp.GrpcPythonAdapter(
+            "lead_handlers:BombHandler", env={"PYTHONPATH": HANDLERS}
+        )
+    else:
+        adapter = sp.PythonAdapter("lead_handlers:BombHandler", env={"PYTHONPATH": HANDLERS})
+    config = sp.PoolConfig(shutdown_grace=0.5, kill_grace=0.5, max_containers=1000)
+    async with sp.open_pool(adapter, size=1, config=config) as pool:
+        assert len(await pool.execute("bomb", {"n": 900})) == 900
+        with pytest.raises(sp.ProtocolError, match="1000"):
+            await pool.execute("bomb", {"n": 100_000})
