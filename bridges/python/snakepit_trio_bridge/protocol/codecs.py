@@ -162,7 +162,7 @@ class JsonCodec(Codec):
 
     def decode(self, payload: bytes) -> Any:
         try:
-            if len(payload) > self._checked_over:
+            if len(payload) > self._checked_over or _maybe_too_deep(payload):
                 return _JsonParser(payload.decode("utf-8"), self).parse()
             decoder = self._decoder or self._load()[1]
             return decoder.decode(payload.decode("utf-8"))
@@ -173,11 +173,21 @@ class JsonCodec(Codec):
         return self._decode_plain, self._checked_over
 
     def _decode_plain(self, payload: bytes) -> Any:
+        if _maybe_too_deep(payload):
+            return self.decode(payload)
         try:
             decoder = self._decoder or self._load()[1]
             return decoder.decode(payload.decode("utf-8"))
         except Exception as exc:
             raise _json_error(exc) from None
+
+
+def _maybe_too_deep(payload: bytes) -> bool:
+    """Whether a JSON payload could nest deeper than ``MAX_DEPTH``: then the checked parser
+    decodes it. The C decoder stopped at the recursion limit (~1000) up to Python 3.12; from
+    3.13 it goes far deeper, so the limit must be checked. Two ``count`` calls, and only for
+    payloads long enough to hold that many brackets."""
+    return len(payload) > 2 * MAX_DEPTH and payload.count(b"[") + payload.count(b"{") > MAX_DEPTH
 
 
 def _json_error(exc: Exception) -> ProtocolError:
