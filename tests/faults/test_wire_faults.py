@@ -44,7 +44,7 @@ WIRE_FAULTS = [
     ("huge_header", "msgpack", sp.ProtocolError, "announces 4294967295 bytes, over the limit"),
     ("half_frame_exit", "json", sp.ProtocolError, "stream ended inside a frame"),
     ("unknown_id", "json", sp.ProtocolError, "request id 987654321, which is not in flight"),
-    ("deep_json", "json", sp.ProtocolError, "nested too deeply"),
+    ("deep_json", "json", sp.ProtocolError, "nested deeper than"),
     ("deep_msgpack", "msgpack", sp.ProtocolError, "nested deeper than"),
     ("huge_msgpack", "msgpack", sp.ProtocolError, "invalid MessagePack payload"),
     ("exit", "json", sp.WorkerCrashed, "exit code 3"),
