@@ -125,7 +125,6 @@ class Call:
         "chunks",
         "chunks_in",
         "command",
-        "consumed",
         "credits",
         "done",
         "error",
@@ -158,7 +157,6 @@ class Call:
         self.chunk_event: Waitable | None = None
         self.bytes_in = 0.0  # stream bytes received (estimated per read) and chunks received
         self.chunks_in = 0
-        self.consumed = 0
         self.credits: int | None = None  # chunks the worker may send in all (credit feature)
 
     def finish(self, response: Response | None, error: SnakepitError | None) -> None:
@@ -217,7 +215,6 @@ class Slot:
         self._stop_graceful = False
         self._stop_scope: anyio.CancelScope | None = None
         self._protocol_error: WireProtocolError | None = None
-        self._phase = "start-up"
         self._first_attempt_done = anyio.Event()
         # A stream without credits has no backpressure: bound what it may buffer all the same.
         self._unpaced_stream_bytes = 4 * config.stream_window + 2 * config.max_frame_size
@@ -553,7 +550,6 @@ class Slot:
         self._stop_graceful = False
         self.ready_at = 0.0
         self._protocol_error = None
-        self._phase = "start-up"
         self.features = frozenset()
         self.protocol = None
         self.last_heartbeat = 0.0
